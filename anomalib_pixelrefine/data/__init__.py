@@ -1,0 +1,1 @@
+"""anomalib_pixelrefine.data."""

@@ -1,0 +1,1 @@
+"""Models provided by anomalib-pixelrefine."""

@@ -1,0 +1,1 @@
+"""Image anomaly models provided by anomalib-pixelrefine."""
