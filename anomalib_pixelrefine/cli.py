@@ -1,0 +1,180 @@
+"""``pixelrefine`` command line interface.
+
+The command is anomalib's own CLI (``anomalib.cli.AnomalibCLI``) with this package imported first, so the short
+names of our models (``--model Pni``) resolve like anomalib's, and with three additions:
+
+* ``--post_processor NAME``: a top-level alias that sets the model's post-processor, e.g. ``--post_processor f2pad``
+  for ``--model.post_processor anomalib_pixelrefine.post_processing.F2PAD``. Options of the post-processor are passed
+  as ``--post_processor.<option> value``.
+* ``pixelrefine demo``: builds the embedded default data set and trains/tests a model on it (no network needed).
+* ``pixelrefine benchmark``: runs the benchmark grid (models x post-processors x data sets x seeds).
+
+Example:
+    .. code-block:: bash
+
+        pixelrefine train --model Pni --data Folder --data.name tile --data.root ./datasets/tile ...
+        pixelrefine test --model Patchcore --post_processor f2pad --data MVTecAD --ckpt_path model.ckpt
+        pixelrefine demo --model Padim
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from anomalib.cli import AnomalibCLI
+from anomalib.loggers import configure_logger
+from jsonargparse import ArgumentParser
+
+# Importing the models registers them as ``AnomalibModule`` subclasses, which is what makes ``--model Pni`` resolve.
+from anomalib_pixelrefine import models as _models
+
+logger = logging.getLogger("anomalib_pixelrefine.cli")
+
+# Short names accepted by ``--post_processor`` and the classes they stand for.
+POST_PROCESSORS: dict[str, str] = {
+    "default": "anomalib.post_processing.PostProcessor",
+    "f2pad": "anomalib_pixelrefine.post_processing.F2PAD",
+    "paedid": "anomalib_pixelrefine.post_processing.PaedidRefiner",
+}
+
+# Commands whose parser has a ``--model`` argument, i.e. where ``--post_processor`` makes sense.
+_MODEL_COMMANDS = {"fit", "validate", "test", "train", "predict", "export"}
+
+
+def _our_model_names() -> list[str]:
+    return sorted(name for name in getattr(_models, "__all__", []) if name[0].isupper())
+
+
+_DESCRIPTION = (
+    "anomalib's CLI with the anomalib-pixelrefine models and refiners. "
+    f"Models added by this package: {', '.join(_our_model_names()) or '(none)'} "
+    "(all anomalib models work too). "
+    f"Post-processors (--post_processor NAME): {', '.join(POST_PROCESSORS)}. "
+    "Extra commands: 'demo' (train/test on the embedded default data, offline) and 'benchmark'."
+)
+
+
+def translate_post_processor_args(args: Sequence[str]) -> list[str]:
+    """Rewrite the ``--post_processor`` alias into anomalib's ``--model.post_processor`` arguments.
+
+    ``--post_processor f2pad`` becomes ``--model.post_processor <class path>`` and ``--post_processor.<opt> v``
+    becomes ``--model.post_processor.init_args.<opt> v``. Both are moved to the end of the arguments, after
+    ``--model``, so jsonargparse applies them to the chosen model.
+
+    Args:
+        args: Command line arguments without the program name.
+
+    Returns:
+        The rewritten arguments.
+
+    Raises:
+        ValueError: If the alias is given without a value, with an unknown name, or with a command that has no model.
+    """
+    args = list(args)
+    if "demo" in args:  # the demo takes ``--post_processor NAME`` itself
+        return args
+    kept: list[str] = []
+    moved: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        key, has_eq, inline_value = arg.partition("=")
+        if key == "--post_processor" or key.startswith("--post_processor."):
+            if has_eq:
+                value = inline_value
+            elif index + 1 < len(args):
+                index += 1
+                value = args[index]
+            else:
+                msg = f"'{key}' needs a value."
+                raise ValueError(msg)
+            if key == "--post_processor":
+                class_path = POST_PROCESSORS.get(value.lower(), value)
+                if "." not in class_path:
+                    msg = f"Unknown post-processor '{value}'. Known names: {', '.join(POST_PROCESSORS)} (or a class path)."
+                    raise ValueError(msg)
+                moved[:0] = ["--model.post_processor", class_path]
+            else:
+                option = key.removeprefix("--post_processor.")
+                moved += [f"--model.post_processor.init_args.{option}", value]
+        else:
+            kept.append(arg)
+        index += 1
+    if moved and not _MODEL_COMMANDS.intersection(kept):
+        msg = f"--post_processor needs one of the commands {sorted(_MODEL_COMMANDS)} (it sets the model's post-processor)."
+        raise ValueError(msg)
+    return kept + moved
+
+
+class PixelRefineCLI(AnomalibCLI):
+    """anomalib's CLI extended with the ``demo`` and ``benchmark`` commands and the ``--post_processor`` alias.
+
+    Args:
+        args: Command line arguments (without the program name). Defaults to ``sys.argv[1:]``.
+        run: Whether to run the command right away.
+    """
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        import sys
+
+        super().__init__(args=translate_post_processor_args(sys.argv[1:] if args is None else args), run=run)
+
+    @staticmethod
+    def init_parser(**kwargs) -> ArgumentParser:
+        """Create a parser whose help lists this package's models and post-processors."""
+        kwargs.setdefault("description", _DESCRIPTION)
+        return AnomalibCLI.init_parser(**kwargs)
+
+    @staticmethod
+    def anomalib_subcommands() -> dict[str, dict[str, str]]:
+        """Anomalib's subcommands plus ``demo`` and ``benchmark``."""
+        return {
+            **AnomalibCLI.anomalib_subcommands(),
+            "demo": {"description": "Build the embedded default data and train/test a model on it (offline)."},
+        }
+
+    @staticmethod
+    def add_demo_arguments(parser: ArgumentParser) -> None:
+        """Add the ``demo`` arguments (those of :func:`anomalib_pixelrefine.demo.run_demo`)."""
+        from anomalib_pixelrefine.demo import run_demo
+
+        parser.add_function_arguments(run_demo, as_group=False)
+
+    def instantiate_classes(self) -> None:
+        """Instantiate classes; ``demo`` builds its own."""
+        if self.config["subcommand"] == "demo":
+            return
+        super().instantiate_classes()
+
+    def _run_subcommand(self) -> None:
+        if self.subcommand == "demo":
+            from anomalib_pixelrefine.demo import run_demo
+
+            run_demo(**_plain_kwargs(self.config["demo"]))
+            return
+        super()._run_subcommand()
+
+
+def _plain_kwargs(config: Any) -> dict[str, Any]:
+    kwargs = dict(config.as_dict() if hasattr(config, "as_dict") else config)
+    kwargs.pop("config", None)
+    kwargs.pop("__path__", None)
+    return kwargs
+
+
+def main() -> None:
+    """Entry point of the ``pixelrefine`` console script."""
+    configure_logger()
+    try:
+        PixelRefineCLI()
+    except ValueError as error:
+        # Alias errors are raised before jsonargparse sees the arguments; print them like argparse does.
+        if "--post_processor" in str(error) or "post-processor" in str(error):
+            raise SystemExit(f"pixelrefine: error: {error}") from None
+        raise
+
+
+if __name__ == "__main__":
+    main()
