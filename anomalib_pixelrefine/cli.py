@@ -93,7 +93,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
             if key == "--post_processor":
                 class_path = POST_PROCESSORS.get(value.lower(), value)
                 if "." not in class_path:
-                    msg = f"Unknown post-processor '{value}'. Known names: {', '.join(POST_PROCESSORS)} (or a class path)."
+                    known = ", ".join(POST_PROCESSORS)
+                    msg = f"Unknown post-processor '{value}'. Known names: {known} (or a class path)."
                     raise ValueError(msg)
                 moved[:0] = ["--model.post_processor", class_path]
             else:
@@ -103,7 +104,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
             kept.append(arg)
         index += 1
     if moved and not _MODEL_COMMANDS.intersection(kept):
-        msg = f"--post_processor needs one of the commands {sorted(_MODEL_COMMANDS)} (it sets the model's post-processor)."
+        commands = sorted(_MODEL_COMMANDS)
+        msg = f"--post_processor needs one of the commands {commands} (it sets the model's post-processor)."
         raise ValueError(msg)
     return kept + moved
 
@@ -122,7 +124,7 @@ class PixelRefineCLI(AnomalibCLI):
         super().__init__(args=translate_post_processor_args(sys.argv[1:] if args is None else args), run=run)
 
     @staticmethod
-    def init_parser(**kwargs) -> ArgumentParser:
+    def init_parser(**kwargs: Any) -> ArgumentParser:
         """Create a parser whose help lists this package's models and post-processors."""
         kwargs.setdefault("description", _DESCRIPTION)
         return AnomalibCLI.init_parser(**kwargs)
