@@ -1,0 +1,735 @@
+"""Synthetic defect generators with exact masks.
+
+Every generator takes a normal image (float tensor in ``[0, 1]``, shape ``(C, H, W)`` or ``(B, C, H, W)``) and returns
+the defective image and its binary mask (``(1, H, W)`` or ``(B, 1, H, W)``). The mask is exact: a pixel is in the mask
+if and only if it was changed, and every changed pixel differs from the original by at least ``min_diff`` in some
+channel (the "far from the original" check of F2PAD, eq. 16). Pixels outside the mask are bit-identical to the input.
+
+Generators:
+    * :class:`CutPaste` - rectangle filled with a random colour (F2PAD eq. 16) or with a patch cut from another image
+      (CutPaste, Li et al. 2021).
+    * :class:`CutPasteScar` - thin, long, rotated CutPaste rectangle ("scar").
+    * :class:`PerlinDefect` - DRAEM-style Perlin-noise defect (wraps anomalib's ``PerlinAnomalyGenerator``).
+    * :class:`HandDrawnDefect` - brush strokes along smooth random polylines (PNI's "manual drawing").
+    * :class:`CrackDefect` - thin, jagged, branching dark cracks (PAEDID's simulated wood cracks).
+    * :class:`MixedDefect` - picks one generator per image (default: PNI's four kinds in equal shares).
+
+All randomness comes from a ``torch.Generator`` (the ``generator`` argument of ``forward``, else an internal one seeded
+with ``seed``), so results are reproducible.
+
+Example:
+    >>> import torch
+    >>> from anomalib_pixelrefine.data import CutPaste
+    >>> image = torch.rand(3, 64, 64)
+    >>> defective, mask = CutPaste(mode="color", seed=0)(image)
+    >>> defective.shape, mask.shape
+    (torch.Size([3, 64, 64]), torch.Size([1, 64, 64]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "CrackDefect",
+    "CutPaste",
+    "CutPasteScar",
+    "DefectGenerator",
+    "HandDrawnDefect",
+    "MixedDefect",
+    "PerlinDefect",
+    "SyntheticDefectDataset",
+]
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """Draw one float uniformly from ``[low, high)``."""
+    return low + (high - low) * float(torch.rand(1, generator=generator).item())
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    """Draw one integer uniformly from ``[low, high]`` (inclusive)."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator).item())
+
+
+def _check_range(name: str, value: Sequence[float], low: float = 0.0, high: float = math.inf) -> tuple[float, float]:
+    """Validate a ``(min, max)`` range argument and return it as a tuple of floats."""
+    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+        msg = f"{name} must be a (min, max) pair with {low} <= min <= max <= {high}, got {value!r}."
+        raise ValueError(msg)
+    return float(value[0]), float(value[1])
+
+
+def _pixel_grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(ys, xs)`` pixel-centre coordinate grids of shape ``(H, W)``."""
+    ys = torch.arange(height, device=device, dtype=torch.float32)
+    xs = torch.arange(width, device=device, dtype=torch.float32)
+    return torch.meshgrid(ys, xs, indexing="ij")
+
+
+def rotated_rectangle_mask(
+    height: int,
+    width: int,
+    center: tuple[float, float],
+    size: tuple[float, float],
+    angle: float,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Boolean mask of a filled, rotated rectangle.
+
+    Args:
+        height: Image height.
+        width: Image width.
+        center: ``(y, x)`` centre in pixels.
+        size: ``(rect_height, rect_width)`` in pixels.
+        angle: Rotation in radians (counter-clockwise).
+        device: Device of the mask.
+
+    Returns:
+        Boolean tensor of shape ``(H, W)``.
+    """
+    ys, xs = _pixel_grid(height, width, device or torch.device("cpu"))
+    dy, dx = ys - center[0], xs - center[1]
+    cos, sin = math.cos(angle), math.sin(angle)
+    along = dx * cos + dy * sin
+    across = -dx * sin + dy * cos
+    return (along.abs() <= size[1] / 2) & (across.abs() <= size[0] / 2)
+
+
+def polyline_mask(
+    height: int,
+    width: int,
+    points: torch.Tensor,
+    thickness: float,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Boolean mask of a polyline drawn with a round brush.
+
+    A pixel is inside when its centre lies within ``thickness / 2`` of a segment; all segments are evaluated at once.
+
+    Args:
+        height: Image height.
+        width: Image width.
+        points: ``(N, 2)`` tensor of ``(y, x)`` vertices (``N >= 1``); or ``(S, 2, 2)`` independent segments.
+        thickness: Brush diameter in pixels.
+        device: Device of the mask.
+
+    Returns:
+        Boolean tensor of shape ``(H, W)``.
+    """
+    device = device or torch.device("cpu")
+    points = points.to(device=device, dtype=torch.float32)
+    if points.ndim == 2:
+        points = points if len(points) > 1 else points.repeat(2, 1)
+        segments = torch.stack((points[:-1], points[1:]), dim=1)  # (S, 2, 2)
+    else:
+        segments = points
+    ys, xs = _pixel_grid(height, width, device)
+    pixels = torch.stack((ys.reshape(-1), xs.reshape(-1)), dim=-1)  # (P, 2)
+    start, direction = segments[:, 0], segments[:, 1] - segments[:, 0]  # (S, 2)
+    length_sq = (direction**2).sum(-1).clamp_min(1e-12)  # (S,)
+    rel = pixels[None] - start[:, None]  # (S, P, 2)
+    t = ((rel * direction[:, None]).sum(-1) / length_sq[:, None]).clamp(0, 1)  # (S, P)
+    dist_sq = ((rel - t[..., None] * direction[:, None]) ** 2).sum(-1).amin(0)  # (P,)
+    # Half a pixel of slack keeps 1-px lines 8-connected at any angle.
+    radius = max(thickness / 2, 0.5)
+    return (dist_sq <= radius**2 + 1e-6).reshape(height, width)
+
+
+class DefectGenerator(nn.Module):
+    """Base class of the synthetic defect generators.
+
+    Subclasses implement :meth:`_generate`, which returns a candidate defective image and mask for one ``(C, H, W)``
+    image. The base class handles batches, retries until the mask is non-empty, clamps to ``[0, 1]``, restores the
+    original outside the mask and enforces a minimal change of ``min_diff`` inside it, so the mask is exact.
+
+    Args:
+        min_diff: Minimal absolute change (max over channels) of every masked pixel. Masked pixels that changed less
+            are pushed ``min_diff`` away from the original (F2PAD's "far from the original" check; F2PAD rescales the
+            pixel by a factor, we shift it, which also works for black and white pixels).
+        seed: Seed of the internal ``torch.Generator`` used when ``forward`` gets no generator. ``None`` draws the
+            seed from torch's global generator (so ``torch.manual_seed`` makes it reproducible too).
+        max_tries: Attempts to get a non-empty mask before falling back to a small square.
+    """
+
+    def __init__(self, min_diff: float = 0.1, seed: int | None = None, max_tries: int = 10) -> None:
+        super().__init__()
+        if not 0.0 < min_diff <= 0.5:
+            msg = f"min_diff must be in (0, 0.5], got {min_diff}."
+            raise ValueError(msg)
+        self.min_diff = float(min_diff)
+        self.max_tries = int(max_tries)
+        self.seed = seed
+        self._generator = torch.Generator()
+        self.manual_seed(seed)
+
+    def manual_seed(self, seed: int | None = None) -> None:
+        """Reseed the internal generator (``None``: draw a seed from torch's global generator)."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._generator.manual_seed(int(seed))
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one synthetic defect to each image.
+
+        Args:
+            image: Float tensor in ``[0, 1]`` of shape ``(C, H, W)`` or ``(B, C, H, W)``.
+            generator: Optional ``torch.Generator`` (CPU) for reproducibility; the internal one when ``None``.
+
+        Returns:
+            Tuple ``(defective_image, mask)``: the image with the input's shape and dtype, and a float mask in
+            ``{0, 1}`` of shape ``(1, H, W)`` or ``(B, 1, H, W)``.
+
+        Raises:
+            ValueError: If the image is not a floating point tensor of shape ``(C, H, W)`` or ``(B, C, H, W)``.
+        """
+        self._check_image(image)
+        generator = self._generator if generator is None else generator
+        if image.ndim == 3:
+            return self._generate_one(image, generator, None)
+        outputs, masks = [], []
+        for index in range(image.shape[0]):
+            source = image[(index + 1) % image.shape[0]] if image.shape[0] > 1 else None
+            out, mask = self._generate_one(image[index], generator, source)
+            outputs.append(out)
+            masks.append(mask)
+        return torch.stack(outputs), torch.stack(masks)
+
+    @staticmethod
+    def _check_image(image: torch.Tensor) -> None:
+        if not isinstance(image, torch.Tensor):
+            msg = f"image must be a torch.Tensor, got {type(image).__name__}."
+            raise TypeError(msg)
+        if image.ndim not in {3, 4}:
+            msg = f"image must have shape (C, H, W) or (B, C, H, W), got {tuple(image.shape)}."
+            raise ValueError(msg)
+        if not image.is_floating_point():
+            msg = f"image must be a floating point tensor in [0, 1], got dtype {image.dtype}."
+            raise ValueError(msg)
+        if image.shape[-1] < 2 or image.shape[-2] < 2 or image.shape[-3] < 1:
+            msg = f"image is too small for a synthetic defect: shape {tuple(image.shape)}."
+            raise ValueError(msg)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return a candidate ``(defective_image (C, H, W), mask (H, W) bool)`` for one image.
+
+        Args:
+            image: ``(C, H, W)`` image in ``[0, 1]``.
+            generator: Random generator to draw from.
+            source: Another normal image of the batch (``None`` for single images) to cut patches from.
+        """
+        raise NotImplementedError
+
+    def _generate_one(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate with retries and make the mask exact; returns ``(image (C, H, W), mask (1, H, W))``."""
+        original = image.float()
+        candidate, mask = original, torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
+        for _ in range(self.max_tries):
+            candidate, mask = self._generate(original, generator, source)
+            mask = mask.to(device=image.device, dtype=torch.bool)
+            if mask.any():
+                break
+        if not mask.any():  # fallback: a small square, so the mask is never empty
+            height, width = image.shape[-2:]
+            side = max(1, min(height, width) // 8)
+            top, left = _randint(generator, 0, height - side), _randint(generator, 0, width - side)
+            mask = torch.zeros_like(mask)
+            mask[top : top + side, left : left + side] = True
+            candidate = original
+        out = self._finalize(original, candidate, mask)
+        return out.to(image.dtype), mask[None].to(image.dtype)
+
+    def _finalize(self, original: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Clamp, keep the original outside ``mask`` and push weakly changed masked pixels ``min_diff`` away."""
+        candidate = candidate.clamp(0, 1)
+        weak = mask & ((candidate - original).abs().amax(0) < self.min_diff)
+        pushed = torch.where(original < 0.5, original + self.min_diff, original - self.min_diff)
+        candidate = torch.where(weak[None], pushed, candidate)
+        return torch.where(mask[None], candidate, original)
+
+    @staticmethod
+    def _random_color(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A random colour of shape ``(C, 1, 1)`` (grey for single-channel images)."""
+        color = torch.rand(image.shape[0], 1, 1, generator=generator)
+        return color.to(image.device, image.dtype)
+
+    @staticmethod
+    def _shifted_patch(
+        image: torch.Tensor,
+        source: torch.Tensor | None,
+        generator: torch.Generator,
+        jitter: float,
+    ) -> torch.Tensor:
+        """``source`` (or ``image`` itself) circularly shifted by a random offset, with brightness/colour jitter.
+
+        Pasting it under a mask copies the content of another location (CutPaste) without a Python loop over pixels.
+        """
+        src = image if source is None else source.to(image.device, image.dtype)
+        height, width = image.shape[-2:]
+        # At least a quarter of the image away, so the pasted content does not match its surroundings.
+        dy = _randint(generator, max(1, height // 4), max(1, height - height // 4))
+        dx = _randint(generator, max(1, width // 4), max(1, width - width // 4))
+        patch = torch.roll(src, shifts=(dy, dx), dims=(-2, -1))
+        if jitter > 0:
+            gain = 1 + (torch.rand(image.shape[0], 1, 1, generator=generator) * 2 - 1) * jitter
+            shift = (torch.rand(image.shape[0], 1, 1, generator=generator) * 2 - 1) * jitter / 2
+            patch = patch * gain.to(patch) + shift.to(patch)
+        return patch
+
+
+class CutPaste(DefectGenerator):
+    """Rectangle defect filled with a random colour or a patch from another image.
+
+    ``mode="color"`` is F2PAD's eq. 16, ``X = (1 - m) * n + m * a`` with a random colour ``a``; ``mode="patch"`` is
+    CutPaste (the patch comes from the next image of the batch, or another location of the same image for single
+    images, with colour jitter); ``mode="mixed"`` picks one of the two per image.
+
+    Args:
+        mode: ``"color"``, ``"patch"`` or ``"mixed"``.
+        area_range: Rectangle area relative to the image area.
+        aspect_range: Range of width / height ratios (sampled log-uniformly).
+        rotation_range: Rotation range in degrees.
+        jitter: Strength of the brightness/colour jitter of pasted patches.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    MODES = ("color", "patch", "mixed")
+
+    def __init__(
+        self,
+        mode: str = "color",
+        area_range: tuple[float, float] = (0.02, 0.15),
+        aspect_range: tuple[float, float] = (0.3, 3.3),
+        rotation_range: tuple[float, float] = (0.0, 0.0),
+        jitter: float = 0.3,
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        if mode not in self.MODES:
+            msg = f"mode must be one of {self.MODES}, got {mode!r}."
+            raise ValueError(msg)
+        self.mode = mode
+        self.area_range = _check_range("area_range", area_range, 0.0, 1.0)
+        self.aspect_range = _check_range("aspect_range", aspect_range, 1e-3)
+        self.rotation_range = _check_range("rotation_range", rotation_range, -360.0, 360.0)
+        self.jitter = float(jitter)
+
+    def _shape_mask(self, height: int, width: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        area = _uniform(generator, *self.area_range) * height * width
+        aspect = math.exp(_uniform(generator, math.log(self.aspect_range[0]), math.log(self.aspect_range[1])))
+        rect_h = min(max(math.sqrt(area / aspect), 1.0), height)
+        rect_w = min(max(math.sqrt(area * aspect), 1.0), width)
+        center = (float(_randint(generator, 0, height - 1)), float(_randint(generator, 0, width - 1)))
+        angle = math.radians(_uniform(generator, *self.rotation_range))
+        return rotated_rectangle_mask(height, width, center, (rect_h, rect_w), angle, device)
+
+    def _fill(self, image: torch.Tensor, source: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        mode = self.mode
+        if mode == "mixed":
+            mode = "color" if _uniform(generator, 0, 1) < 0.5 else "patch"
+        if mode == "color":
+            return self._random_color(image, generator).expand_as(image)
+        return self._shifted_patch(image, source, generator, self.jitter)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self._shape_mask(image.shape[-2], image.shape[-1], generator, image.device)
+        fill = self._fill(image, source, generator)
+        return torch.where(mask[None], fill, image), mask
+
+
+class CutPasteScar(CutPaste):
+    """CutPaste "scar": a thin, long, rotated rectangle filled with a patch (or colour).
+
+    Args:
+        mode: ``"patch"`` (default, as in CutPaste), ``"color"`` or ``"mixed"``.
+        length_range: Scar length relative to the shorter image side.
+        width_range: Scar width relative to the shorter image side (at least ``min_width`` pixels).
+        min_width: Minimal width in pixels.
+        rotation_range: Rotation range in degrees.
+        jitter: Strength of the brightness/colour jitter of pasted patches.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        mode: str = "patch",
+        length_range: tuple[float, float] = (0.1, 0.35),
+        width_range: tuple[float, float] = (0.01, 0.05),
+        min_width: float = 1.0,
+        rotation_range: tuple[float, float] = (-45.0, 45.0),
+        jitter: float = 0.3,
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(mode=mode, rotation_range=rotation_range, jitter=jitter, min_diff=min_diff, seed=seed)
+        self.length_range = _check_range("length_range", length_range, 0.0)
+        self.width_range = _check_range("width_range", width_range, 0.0)
+        self.min_width = float(min_width)
+
+    def _shape_mask(self, height: int, width: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        side = min(height, width)
+        length = max(_uniform(generator, *self.length_range) * side, 2.0)
+        thickness = max(_uniform(generator, *self.width_range) * side, self.min_width)
+        center = (float(_randint(generator, 0, height - 1)), float(_randint(generator, 0, width - 1)))
+        # The scar is vertical before rotation, as in CutPaste.
+        angle = math.radians(90.0 + _uniform(generator, *self.rotation_range))
+        return rotated_rectangle_mask(height, width, center, (thickness, length), angle, device)
+
+
+class PerlinDefect(DefectGenerator):
+    """DRAEM-style Perlin-noise defect, using anomalib's :class:`PerlinAnomalyGenerator`.
+
+    anomalib's generator draws from torch's global random state; it is run inside ``torch.random.fork_rng`` seeded
+    from our generator, so it is reproducible and leaves the global state untouched. Single-channel images are
+    expanded to RGB for anomalib's colour augmentations and averaged back.
+
+    Args:
+        anomaly_source_path: Optional folder of texture images (DTD in DRAEM) used as anomaly source.
+        blend_range: Range of the blend factor ``beta`` of the anomaly over the image.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        anomaly_source_path: str | None = None,
+        blend_range: tuple[float, float] = (0.2, 1.0),
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        self.blend_range = _check_range("blend_range", blend_range, 0.0, 1.0)
+        # anomalib draws its solarize threshold at construction from the global state: seed it for reproducibility.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else seed)
+            self.perlin = PerlinAnomalyGenerator(
+                anomaly_source_path=anomaly_source_path,
+                probability=1.0,
+                blend_factor=self.blend_range,
+            )
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = image.shape[0]
+        rgb = image.expand(3, -1, -1) if channels == 1 else image[:3]
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out, mask = self.perlin(rgb.contiguous())
+        if channels == 1:
+            out = out.mean(0, keepdim=True)
+        elif channels > 3:
+            out = torch.cat((out, image[3:]), dim=0)
+        return out, mask[0] > 0.5
+
+
+class HandDrawnDefect(DefectGenerator):
+    """Hand-drawn-like brush strokes (PNI's "manual drawing" defects).
+
+    Each stroke is a smooth random walk (turning by at most ``max_turn`` degrees per step) drawn with a round brush
+    in a random colour.
+
+    Args:
+        num_strokes: Range of the number of strokes.
+        num_points: Range of the number of vertices per stroke.
+        step_range: Step length relative to the shorter image side.
+        thickness_range: Brush diameter relative to the shorter image side (at least ``min_thickness`` pixels).
+        min_thickness: Minimal brush diameter in pixels.
+        max_turn: Maximal turning angle between steps in degrees.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        num_strokes: tuple[int, int] = (1, 3),
+        num_points: tuple[int, int] = (3, 7),
+        step_range: tuple[float, float] = (0.08, 0.2),
+        thickness_range: tuple[float, float] = (0.015, 0.05),
+        min_thickness: float = 1.0,
+        max_turn: float = 60.0,
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        self.num_strokes = tuple(int(v) for v in _check_range("num_strokes", num_strokes, 1))
+        self.num_points = tuple(int(v) for v in _check_range("num_points", num_points, 2))
+        self.step_range = _check_range("step_range", step_range, 0.0)
+        self.thickness_range = _check_range("thickness_range", thickness_range, 0.0)
+        self.min_thickness = float(min_thickness)
+        self.max_turn = float(max_turn)
+
+    def _walk(
+        self,
+        height: int,
+        width: int,
+        num_points: int,
+        step: float,
+        turn: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Vertices ``(num_points, 2)`` of a random walk with bounded turning, starting inside the image."""
+        start = torch.rand(2, generator=generator) * torch.tensor([height - 1, width - 1], dtype=torch.float32)
+        heading = torch.rand(1, generator=generator) * 2 * math.pi
+        turns = (torch.rand(num_points - 1, generator=generator) * 2 - 1) * math.radians(turn)
+        angles = heading + torch.cumsum(turns, 0)
+        steps = torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1) * step
+        return torch.cat((start[None], start[None] + torch.cumsum(steps, 0)), dim=0)
+
+    def _stroke_color(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self._random_color(image, generator)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        side = min(height, width)
+        out, mask = image, torch.zeros(height, width, dtype=torch.bool, device=image.device)
+        for _ in range(_randint(generator, *self.num_strokes)):
+            points = self._walk(
+                height,
+                width,
+                _randint(generator, *self.num_points),
+                _uniform(generator, *self.step_range) * side,
+                self.max_turn,
+                generator,
+            )
+            thickness = max(_uniform(generator, *self.thickness_range) * side, self.min_thickness)
+            stroke = polyline_mask(height, width, points, thickness, image.device)
+            out = torch.where(stroke[None], self._stroke_color(image, generator).expand_as(image), out)
+            mask |= stroke
+        return out, mask
+
+
+class CrackDefect(HandDrawnDefect):
+    """Thin, jagged, branching cracks that darken the surface (PAEDID's simulated wood cracks).
+
+    A crack is a random walk of short steps (``step_px`` pixels, at least 1.5) whose heading drifts by Gaussian
+    increments, with optional shorter branches; it is drawn ``max(width * side, min_width)`` pixels wide and darkened
+    by a factor drawn from ``darkness_range``.
+
+    Args:
+        length_range: Crack length relative to the shorter image side.
+        width_range: Crack width relative to the shorter image side (at least ``min_width`` pixels).
+        min_width: Minimal width in pixels.
+        num_branches: Range of the number of branches.
+        jaggedness: Standard deviation of the heading change per step in degrees.
+        darkness_range: Range of the multiplicative darkening inside the crack.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        length_range: tuple[float, float] = (0.4, 0.9),
+        width_range: tuple[float, float] = (0.0, 0.015),
+        min_width: float = 1.0,
+        num_branches: tuple[int, int] = (0, 2),
+        jaggedness: float = 25.0,
+        darkness_range: tuple[float, float] = (0.1, 0.5),
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        self.length_range = _check_range("length_range", length_range, 0.0)
+        self.width_range = _check_range("width_range", width_range, 0.0)
+        self.min_width = float(min_width)
+        self.num_branches = tuple(int(v) for v in _check_range("num_branches", num_branches, 0))
+        self.jaggedness = float(jaggedness)
+        self.darkness_range = _check_range("darkness_range", darkness_range, 0.0, 1.0)
+
+    def _jagged_walk(
+        self,
+        start: torch.Tensor,
+        heading: float,
+        length: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        step = max(1.5, length / 40)
+        num_steps = max(2, math.ceil(length / step))
+        turns = torch.randn(num_steps, generator=generator) * math.radians(self.jaggedness)
+        angles = heading + torch.cumsum(turns, 0)
+        steps = torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1) * step
+        return torch.cat((start[None], start[None] + torch.cumsum(steps, 0)), dim=0)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        side = min(height, width)
+        length = _uniform(generator, *self.length_range) * side
+        start = torch.rand(2, generator=generator) * torch.tensor([height - 1, width - 1], dtype=torch.float32)
+        heading = _uniform(generator, 0, 2 * math.pi)
+        main = self._jagged_walk(start, heading, length, generator)
+        paths = [main]
+        for _ in range(_randint(generator, *self.num_branches)):
+            origin = main[_randint(generator, 1, len(main) - 1)]
+            branch_heading = heading + math.copysign(_uniform(generator, 0.3, 1.2), _uniform(generator, -1, 1))
+            paths.append(self._jagged_walk(origin, branch_heading, length * _uniform(generator, 0.2, 0.5), generator))
+        segments = torch.cat([torch.stack((p[:-1], p[1:]), dim=1) for p in paths], dim=0)
+        thickness = max(_uniform(generator, *self.width_range) * side, self.min_width)
+        mask = polyline_mask(height, width, segments, thickness, image.device)
+        darkness = _uniform(generator, *self.darkness_range)
+        return torch.where(mask[None], image * darkness, image), mask
+
+
+class MixedDefect(DefectGenerator):
+    """Pick one generator per image at random.
+
+    The default is PNI's training mixture: :class:`CutPaste` (patch), :class:`CutPasteScar`, :class:`PerlinDefect`
+    and :class:`HandDrawnDefect`, in equal shares.
+
+    Args:
+        generators: The generators to choose from (their own seeds are not used: the mixture's generator drives all).
+        weights: Relative weights of the generators; equal when ``None``.
+        min_diff: Used by the default generators.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        generators: Sequence[DefectGenerator] | None = None,
+        weights: Sequence[float] | None = None,
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        if generators is None:
+            generators = [
+                CutPaste(mode="patch", min_diff=min_diff),
+                CutPasteScar(min_diff=min_diff),
+                PerlinDefect(min_diff=min_diff),
+                HandDrawnDefect(min_diff=min_diff),
+            ]
+        if len(generators) == 0:
+            msg = "MixedDefect needs at least one generator."
+            raise ValueError(msg)
+        for gen in generators:
+            if not isinstance(gen, DefectGenerator):
+                msg = f"MixedDefect generators must be DefectGenerator instances, got {type(gen).__name__}."
+                raise TypeError(msg)
+        self.generators = nn.ModuleList(generators)
+        weights = [1.0] * len(generators) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(generators) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            msg = f"weights must be {len(generators)} non-negative numbers with a positive sum, got {weights!r}."
+            raise ValueError(msg)
+        self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        self.last_choices: list[int] = []
+
+    def choose(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Indices of the generators used for ``num`` images, drawn with the mixture weights."""
+        generator = self._generator if generator is None else generator
+        return torch.multinomial(self.weights, num, replacement=True, generator=generator)
+
+    def _generate_one(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(self.choose(1, generator).item())
+        self.last_choices.append(index)
+        return self.generators[index]._generate_one(image, generator, source)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`DefectGenerator.forward`; the chosen generator indices are stored in ``last_choices``."""
+        self.last_choices = []
+        return super().forward(image, generator)
+
+
+def _extract_image(item: Any) -> torch.Tensor:
+    """Get the image tensor out of a dataset item (tensor, anomalib item, dict or tuple)."""
+    if isinstance(item, torch.Tensor):
+        return item
+    if hasattr(item, "image"):
+        return item.image
+    if isinstance(item, dict) and "image" in item:
+        return item["image"]
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        return item[0]
+    msg = f"Cannot find an image in a dataset item of type {type(item).__name__}."
+    raise TypeError(msg)
+
+
+class SyntheticDefectDataset(Dataset):
+    """Wrap a dataset of normal images and return ``(image, mask)`` pairs with synthetic defects.
+
+    Useful to train refinement networks (PNI) on normal training data. Item ``i`` is reproducible: it uses a
+    generator seeded with ``(seed, i)``, independent of worker order.
+
+    Args:
+        dataset: Dataset of normal images; items may be tensors, anomalib ``ImageItem``, dicts with ``"image"``
+            or tuples whose first element is the image.
+        generator: The defect generator; :class:`MixedDefect` (PNI's four kinds) when ``None``.
+        probability: Probability that an item gets a defect (otherwise the mask is empty).
+        seed: Base seed.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        generator: DefectGenerator | None = None,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= probability <= 1.0:
+            msg = f"probability must be in [0, 1], got {probability}."
+            raise ValueError(msg)
+        self.dataset = dataset
+        self.generator = MixedDefect() if generator is None else generator
+        self.probability = float(probability)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (possibly) defective image ``(C, H, W)`` and its mask ``(1, H, W)``."""
+        image = torch.as_tensor(_extract_image(self.dataset[index])).float()
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
+        if float(torch.rand(1, generator=rng).item()) >= self.probability:
+            return image, torch.zeros(1, *image.shape[-2:], dtype=image.dtype)
+        return self.generator(image, generator=rng)
