@@ -1,5 +1,15 @@
 """Synthetic defects, MVTec-style folders and the embedded default benchmark."""
 
+from .folder import (
+    DEFAULT_CATEGORIES,
+    DEFAULT_DEFECTS,
+    InvalidDatasetError,
+    build_default_benchmark,
+    default_datamodule,
+    elpv_available,
+    validate_mvtec_folder,
+    write_mvtec_folder,
+)
 from .generators import (
     CrackDefect,
     CutPaste,
@@ -12,12 +22,20 @@ from .generators import (
 )
 
 __all__ = [
+    "DEFAULT_CATEGORIES",
+    "DEFAULT_DEFECTS",
     "CrackDefect",
     "CutPaste",
     "CutPasteScar",
     "DefectGenerator",
     "HandDrawnDefect",
+    "InvalidDatasetError",
     "MixedDefect",
     "PerlinDefect",
     "SyntheticDefectDataset",
+    "build_default_benchmark",
+    "default_datamodule",
+    "elpv_available",
+    "validate_mvtec_folder",
+    "write_mvtec_folder",
 ]

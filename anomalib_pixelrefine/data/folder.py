@@ -1,0 +1,480 @@
+"""MVTec-style folders: writing, validating, and the embedded default benchmark.
+
+Layout (readable directly by anomalib's ``MVTecAD`` and ``Folder`` datamodules)::
+
+    <root>/<category>/
+        train/good/000.png ...
+        test/good/000.png ...
+        test/<defect>/000.png ...
+        ground_truth/<defect>/000_mask.png ...   (0 = normal, 255 = defect)
+
+The embedded benchmark (:func:`build_default_benchmark`) is built offline from scikit-image's bundled textures and,
+when the optional ``elpv-dataset`` package is installed, from real defect-free solar cells; defects come from
+:mod:`anomalib_pixelrefine.data.generators`, so the masks are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional as F
+
+from .generators import CrackDefect, CutPaste, CutPasteScar, DefectGenerator, HandDrawnDefect, PerlinDefect
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_CATEGORIES",
+    "DEFAULT_DEFECTS",
+    "InvalidDatasetError",
+    "build_default_benchmark",
+    "default_datamodule",
+    "validate_mvtec_folder",
+    "write_mvtec_folder",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# scikit-image textures shipped inside the wheel (no pooch download needed).
+TEXTURES = ("brick", "grass", "gravel")
+DEFAULT_CATEGORIES = (*TEXTURES, "elpv")
+DEFAULT_DEFECTS = ("cut_paste_color", "scar", "perlin", "crack")
+_MANIFEST = "manifest.json"
+_MANIFEST_VERSION = 1
+
+ImageLike = torch.Tensor | np.ndarray
+
+
+class InvalidDatasetError(ValueError):
+    """An MVTec-style folder is missing parts or holds invalid files; the message names the path."""
+
+
+def _defect_generator(name: str, seed: int) -> DefectGenerator:
+    """Generator of a named defect kind (names are the test/<defect> folder names)."""
+    factories = {
+        "cut_paste_color": lambda: CutPaste(mode="color", seed=seed),
+        "cut_paste_patch": lambda: CutPaste(mode="patch", seed=seed),
+        "scar": lambda: CutPasteScar(mode="mixed", seed=seed),
+        "perlin": lambda: PerlinDefect(seed=seed),
+        "hand_drawn": lambda: HandDrawnDefect(seed=seed),
+        "crack": lambda: CrackDefect(seed=seed),
+    }
+    if name not in factories:
+        msg = f"Unknown defect kind {name!r}. Known: {', '.join(factories)}."
+        raise ValueError(msg)
+    return factories[name]()
+
+
+# --------------------------------------------------------------------------------------------------------- writing
+def _to_uint8(image: ImageLike, is_mask: bool = False) -> np.ndarray:
+    """Convert a ``(C, H, W)``/``(H, W)`` float tensor in [0, 1] or an ``(H, W[, C])`` uint8 array to PIL layout."""
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 3:
+            array = array.permute(1, 2, 0)
+        if array.is_floating_point():
+            array = (array.clamp(0, 1) * 255).round()
+        array = array.to(torch.uint8).numpy()
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if is_mask:
+        array = np.where(array > 0, 255, 0).astype(np.uint8)
+        if array.ndim == 3:
+            array = array.max(-1)
+    return array
+
+
+def _write_images(folder: Path, images: Sequence[ImageLike], suffix: str = "", is_mask: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray(_to_uint8(image, is_mask)).save(folder / f"{index:03d}{suffix}.png")
+
+
+def write_mvtec_folder(
+    root: str | Path,
+    category: str,
+    train_images: Sequence[ImageLike],
+    test_good_images: Sequence[ImageLike],
+    defect_images: dict[str, tuple[Sequence[ImageLike], Sequence[ImageLike]]],
+    overwrite: bool = True,
+) -> Path:
+    """Write one category in MVTec AD layout as PNG files.
+
+    Args:
+        root: Dataset root.
+        category: Category folder name.
+        train_images: Normal training images: float tensors ``(C, H, W)`` in [0, 1] (or a ``(N, C, H, W)`` tensor),
+            or uint8 arrays ``(H, W[, C])``.
+        test_good_images: Normal test images.
+        defect_images: ``{defect_name: (images, masks)}``; masks ``(1, H, W)``/``(H, W)``, non-zero = defect.
+        overwrite: Remove an existing category folder first.
+
+    Returns:
+        The category folder ``root / category``.
+
+    Raises:
+        ValueError: If a split is empty, a defect is named ``good``, or images and masks do not match.
+    """
+    path = Path(root) / category
+    if len(train_images) == 0:
+        msg = f"Cannot write {path}: the training set is empty."
+        raise ValueError(msg)
+    for name, (images, masks) in defect_images.items():
+        if name == "good" or not name or "/" in name:
+            msg = f"Invalid defect name {name!r} for {path}."
+            raise ValueError(msg)
+        if len(images) != len(masks):
+            msg = f"Defect {name!r} of {path}: {len(images)} images but {len(masks)} masks."
+            raise ValueError(msg)
+        for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            if _to_uint8(image).shape[:2] != _to_uint8(mask, is_mask=True).shape[:2]:
+                msg = f"Defect {name!r} of {path}, image {index}: image and mask sizes differ."
+                raise ValueError(msg)
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    _write_images(path / "train" / "good", train_images)
+    _write_images(path / "test" / "good", test_good_images)
+    for name, (images, masks) in defect_images.items():
+        _write_images(path / "test" / name, images)
+        _write_images(path / "ground_truth" / name, masks, suffix="_mask", is_mask=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+def _image_files(folder: Path) -> list[Path]:
+    """Image files of ``folder``; raises on sub-folders and non-image files (hidden files are ignored)."""
+    files = []
+    for item in sorted(folder.iterdir()):
+        if item.name.startswith("."):
+            continue
+        if item.is_dir():
+            msg = f"Unexpected sub-folder {item} (MVTec layout has images directly in {folder})."
+            raise InvalidDatasetError(msg)
+        if item.suffix.lower() not in IMAGE_EXTENSIONS:
+            msg = f"Non-image file {item} (expected one of {', '.join(IMAGE_EXTENSIONS)})."
+            raise InvalidDatasetError(msg)
+        files.append(item)
+    return files
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header; raises if the file is not a readable image."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as error:
+        msg = f"Cannot read image {path}: {error}"
+        raise InvalidDatasetError(msg) from error
+
+
+def validate_mvtec_folder(path: str | Path) -> dict[str, int]:
+    """Check that ``path`` is a usable MVTec-style category folder.
+
+    Checks: the folder, ``train/good`` and ``test`` exist; the training set is not empty; every split folder holds
+    only readable images; every ``test/<defect>`` has a ``ground_truth/<defect>`` folder with exactly one mask per
+    image (``<name>_mask.png`` or ``<name>.png``) of the same size; no mask lacks its image.
+
+    Args:
+        path: The category folder (e.g. ``datasets/pixelrefine/brick``).
+
+    Returns:
+        Number of images per split: ``{"train/good": n, "test/good": n, "test/<defect>": n, ...}``.
+
+    Raises:
+        InvalidDatasetError: (a ``ValueError``) naming the offending path and problem.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        msg = f"Dataset folder {root} does not exist or is not a folder."
+        raise InvalidDatasetError(msg)
+    train = root / "train" / "good"
+    if not train.is_dir():
+        msg = f"Missing training folder {train} (MVTec layout: <category>/train/good/*.png)."
+        raise InvalidDatasetError(msg)
+    counts = {"train/good": len(_image_files(train))}
+    if counts["train/good"] == 0:
+        msg = f"Empty training set: no images in {train}."
+        raise InvalidDatasetError(msg)
+    for image in _image_files(train):
+        _image_size(image)
+    test = root / "test"
+    if not test.is_dir():
+        msg = f"Missing test folder {test} (MVTec layout: <category>/test/good and <category>/test/<defect>)."
+        raise InvalidDatasetError(msg)
+    test_folders = sorted(item for item in test.iterdir() if item.is_dir() and not item.name.startswith("."))
+    if not test_folders:
+        msg = f"Test folder {test} has no sub-folders (expected test/good and test/<defect>)."
+        raise InvalidDatasetError(msg)
+    ground_truth = root / "ground_truth"
+    for folder in test_folders:
+        images = _image_files(folder)
+        counts[f"test/{folder.name}"] = len(images)
+        if not images:
+            msg = f"Empty test folder {folder}."
+            raise InvalidDatasetError(msg)
+        if folder.name == "good":
+            for image in images:
+                _image_size(image)
+            continue
+        mask_folder = ground_truth / folder.name
+        if not mask_folder.is_dir():
+            msg = f"Missing mask folder {mask_folder} for the defective images in {folder}."
+            raise InvalidDatasetError(msg)
+        masks = {mask.stem: mask for mask in _image_files(mask_folder)}
+        used = set()
+        for image in images:
+            mask = masks.get(f"{image.stem}_mask", masks.get(image.stem))
+            if mask is None:
+                msg = f"Missing mask for {image}: expected {mask_folder / (image.stem + '_mask.png')}."
+                raise InvalidDatasetError(msg)
+            used.add(mask.stem)
+            image_size, mask_size = _image_size(image), _image_size(mask)
+            if image_size != mask_size:
+                msg = (
+                    f"Mask {mask} is {mask_size[0]}x{mask_size[1]} but image {image} is "
+                    f"{image_size[0]}x{image_size[1]}."
+                )
+                raise InvalidDatasetError(msg)
+        orphans = sorted(set(masks) - used)
+        if orphans:
+            msg = f"Mask {masks[orphans[0]]} has no image in {folder}."
+            raise InvalidDatasetError(msg)
+    if ground_truth.is_dir():
+        for folder in sorted(ground_truth.iterdir()):
+            if folder.is_dir() and not (test / folder.name).is_dir():
+                msg = f"Mask folder {folder} has no matching test folder {test / folder.name}."
+                raise InvalidDatasetError(msg)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------- default benchmark
+def elpv_available() -> bool:
+    """Whether the optional ``elpv-dataset`` package (real solar-cell images) is installed."""
+    return importlib.util.find_spec("elpv_dataset") is not None
+
+
+def _load_elpv_normal(count: int, cell_type: str, generator: torch.Generator) -> list[np.ndarray]:
+    """Load ``count`` random defect-free (probability 0) ELPV cells of ``cell_type`` as 300x300 uint8 arrays.
+
+    ``elpv_dataset.load_dataset`` reads all 2624 images; we read its ``labels.csv`` the same way and open only the
+    images we use.
+    """
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or spec.origin is None:
+        msg = "The ELPV category needs the optional 'elpv-dataset' package: pip install anomalib-pixelrefine[elpv]."
+        raise ValueError(msg)
+    data_dir = Path(spec.origin).parent / "data"
+    with (data_dir / "labels.csv").open() as handle:
+        rows = [row.split() for row in handle if row.strip()]
+    normal = [row[0] for row in rows if float(row[1]) == 0.0 and row[2] == cell_type]
+    if len(normal) < count:
+        msg = f"ELPV has only {len(normal)} normal {cell_type!r} cells, {count} requested."
+        raise ValueError(msg)
+    chosen = torch.randperm(len(normal), generator=generator)[:count].tolist()
+    images = []
+    for index in chosen:
+        with Image.open(data_dir / normal[index]) as image:
+            images.append(np.asarray(image.convert("L")))
+    return images
+
+
+def _texture_tiles(name: str, count: int, crop: int, generator: torch.Generator) -> list[np.ndarray]:
+    """``count`` random ``crop``-pixel tiles of a bundled scikit-image texture, randomly flipped/rotated."""
+    import skimage.data
+
+    texture = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)()))
+    height, width = texture.shape[:2]
+    crop = min(crop, height, width)
+    tops = torch.randint(0, height - crop + 1, (count,), generator=generator).tolist()
+    lefts = torch.randint(0, width - crop + 1, (count,), generator=generator).tolist()
+    turns = torch.randint(0, 4, (count,), generator=generator).tolist()
+    flips = torch.randint(0, 2, (count,), generator=generator).tolist()
+    tiles = []
+    for top, left, turn, flip in zip(tops, lefts, turns, flips, strict=True):
+        tile = torch.rot90(texture[top : top + crop, left : left + crop], turn, dims=(0, 1))
+        tiles.append((tile.flip(1) if flip else tile).numpy())
+    return tiles
+
+
+def _to_tensor(images: list[np.ndarray], image_size: int) -> torch.Tensor:
+    """Stack uint8 grey/RGB arrays into an RGB float batch of ``image_size``, quantised to 8 bits."""
+    batch = torch.stack([torch.from_numpy(np.array(image, copy=True)) for image in images]).float() / 255
+    batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+    if batch.shape[-1] != image_size or batch.shape[-2] != image_size:
+        batch = F.interpolate(batch, size=(image_size, image_size), mode="bilinear", antialias=True)
+    batch = (batch.clamp(0, 1) * 255).round() / 255  # what the PNG stores: masks stay exact after writing
+    return batch.expand(-1, 3, -1, -1).contiguous() if batch.shape[1] == 1 else batch[:, :3]
+
+
+def _build_category(
+    category: str,
+    image_size: int,
+    n_train: int,
+    n_test_good: int,
+    n_test_defect: int,
+    defects: Sequence[str],
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    digest = int(hashlib.sha256(category.encode()).hexdigest()[:8], 16)
+    generator = torch.Generator().manual_seed(seed * 7919 + digest)
+    total = n_train + n_test_good + n_test_defect * len(defects)
+    if category == "elpv":
+        raw = _load_elpv_normal(total, "mono", generator)
+    elif category in TEXTURES:
+        # A quarter of the 512 px texture per tile: enough structure at 64-256 px.
+        raw = _texture_tiles(category, total, 128, generator)
+    else:
+        msg = f"Unknown default category {category!r}. Known: {', '.join(DEFAULT_CATEGORIES)}."
+        raise ValueError(msg)
+    images = _to_tensor(raw, image_size)
+    train, test_good = images[:n_train], images[n_train : n_train + n_test_good]
+    defect_sets = {}
+    start = n_train + n_test_good
+    for index, name in enumerate(defects):
+        normal = images[start + index * n_test_defect : start + (index + 1) * n_test_defect]
+        defective, masks = _defect_generator(name, seed=seed * 1009 + digest + index)(normal)
+        defect_sets[name] = (defective, masks)
+    return train, test_good, defect_sets
+
+
+def build_default_benchmark(
+    root: str | Path = "./datasets/pixelrefine",
+    categories: Sequence[str] | None = None,
+    image_size: int = 128,
+    n_train: int = 40,
+    n_test_good: int = 10,
+    n_test_defect: int = 5,
+    defects: Sequence[str] = DEFAULT_DEFECTS,
+    seed: int = 0,
+    include_elpv: bool | None = None,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Build the embedded MVTec-style benchmark offline (cached: unchanged categories are not rebuilt).
+
+    Categories: scikit-image's bundled textures ``brick``, ``grass``, ``gravel`` (grey, written as RGB) and ``elpv``
+    (defect-free monocrystalline solar cells of the ELPV data set, when ``elpv-dataset`` is installed). Each gets
+    ``n_train`` normal training images, ``n_test_good`` normal test images and ``n_test_defect`` images per defect
+    kind in ``defects`` (``cut_paste_color``, ``cut_paste_patch``, ``scar``, ``perlin``, ``hand_drawn``, ``crack``)
+    with exact masks.
+
+    Args:
+        root: Output root; each category is written to ``root / category``.
+        categories: Categories to build; all of :data:`DEFAULT_CATEGORIES` (``elpv`` subject to ``include_elpv``)
+            when ``None``.
+        image_size: Side of the square images.
+        n_train: Normal training images per category.
+        n_test_good: Normal test images per category.
+        n_test_defect: Defective test images per defect kind.
+        defects: Defect kinds (test folder names).
+        seed: Seed of the whole build.
+        include_elpv: Add ``elpv`` to the default categories; when ``None``, only if ``elpv-dataset`` is installed.
+        force: Rebuild even if the manifest matches.
+
+    Returns:
+        ``{category: category_path}``; use e.g. ``MVTecAD(root=path.parent, category=path.name)`` or
+        :func:`default_datamodule`.
+
+    Raises:
+        ValueError: For an unknown category or defect kind, sizes < 1, or ``elpv`` without ``elpv-dataset``.
+    """
+    if image_size < 8 or n_train < 1 or n_test_good < 0 or n_test_defect < 1:
+        msg = (
+            f"Need image_size >= 8, n_train >= 1, n_test_good >= 0 and n_test_defect >= 1; got image_size="
+            f"{image_size}, n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}."
+        )
+        raise ValueError(msg)
+    if categories is None:
+        use_elpv = elpv_available() if include_elpv is None else include_elpv
+        categories = [name for name in DEFAULT_CATEGORIES if name != "elpv" or use_elpv]
+    for name in defects:
+        _defect_generator(name, 0)  # validates the names before any work
+    paths = {}
+    for category in categories:
+        params: dict[str, Any] = {
+            "version": _MANIFEST_VERSION,
+            "category": category,
+            "image_size": image_size,
+            "n_train": n_train,
+            "n_test_good": n_test_good,
+            "n_test_defect": n_test_defect,
+            "defects": list(defects),
+            "seed": seed,
+        }
+        path = Path(root) / category
+        manifest = path / _MANIFEST
+        if not force and manifest.is_file():
+            try:
+                cached = json.loads(manifest.read_text()) == params
+                if cached:
+                    validate_mvtec_folder(path)
+            except (json.JSONDecodeError, InvalidDatasetError):
+                cached = False
+            if cached:
+                logger.info("Reusing %s (manifest matches).", path)
+                paths[category] = path
+                continue
+        logger.info("Building %s.", path)
+        train, test_good, defect_sets = _build_category(
+            category, image_size, n_train, n_test_good, n_test_defect, defects, seed
+        )
+        write_mvtec_folder(root, category, train, test_good, defect_sets)
+        validate_mvtec_folder(path)
+        manifest.write_text(json.dumps(params, indent=2))
+        paths[category] = path
+    return paths
+
+
+def default_datamodule(
+    path: str | Path,
+    category: str | None = None,
+    image_size: int | None = None,
+    train_batch_size: int = 16,
+    eval_batch_size: int = 16,
+    num_workers: int = 0,
+    seed: int | None = None,
+) -> Any:
+    """Anomalib ``MVTecAD`` datamodule for an MVTec-style category folder (validated first).
+
+    Args:
+        path: The category folder, or the dataset root when ``category`` is given.
+        category: Category name under ``path``.
+        image_size: Resize images and masks to this square size (not needed for folders written at the model size).
+        train_batch_size: Training batch size.
+        eval_batch_size: Evaluation batch size.
+        num_workers: Data-loader workers.
+        seed: Seed of anomalib's splits.
+
+    Returns:
+        An ``anomalib.data.MVTecAD`` datamodule.
+    """
+    from anomalib.data import MVTecAD
+
+    folder = Path(path) / category if category is not None else Path(path)
+    validate_mvtec_folder(folder)
+    augmentations = None
+    if image_size is not None:
+        from torchvision.transforms import v2
+
+        augmentations = v2.Resize((image_size, image_size), antialias=True)
+    return MVTecAD(
+        root=folder.parent,
+        category=folder.name,
+        train_batch_size=train_batch_size,
+        eval_batch_size=eval_batch_size,
+        num_workers=num_workers,
+        augmentations=augmentations,
+        seed=seed,
+    )
