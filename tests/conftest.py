@@ -1,0 +1,39 @@
+"""Shared pytest fixtures.
+
+``tiny_mvtec_root``: a tiny MVTec-style dataset built once per session with the project's own builder (category
+``TINY_CATEGORY``: 64 px gravel tiles, 8 train/good, 4 test/good, 2 defective images for each of ``cut_paste_color``
+and ``crack`` with exact masks). Use ``MVTecAD(root=tiny_mvtec_root, category=TINY_CATEGORY, num_workers=0)`` or
+``default_datamodule(tiny_mvtec_path)``.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from anomalib_pixelrefine.data import build_default_benchmark
+
+TINY_CATEGORY = "gravel"
+TINY_IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root folder of the tiny MVTec-style dataset (one category, ``TINY_CATEGORY``)."""
+    root = tmp_path_factory.mktemp("tiny_mvtec")
+    build_default_benchmark(
+        root,
+        categories=[TINY_CATEGORY],
+        image_size=TINY_IMAGE_SIZE,
+        n_train=8,
+        n_test_good=4,
+        n_test_defect=2,
+        defects=("cut_paste_color", "crack"),
+        seed=0,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mvtec_path(tiny_mvtec_root: Path) -> Path:
+    """Category folder of the tiny dataset (``tiny_mvtec_root / TINY_CATEGORY``)."""
+    return tiny_mvtec_root / TINY_CATEGORY
