@@ -540,9 +540,9 @@ class HandDrawnDefect(DefectGenerator):
 class CrackDefect(HandDrawnDefect):
     """Thin, jagged, branching cracks that darken the surface (PAEDID's simulated wood cracks).
 
-    A crack is a random walk of short steps (``step_px`` pixels, at least 1.5) whose heading drifts by Gaussian
-    increments, with optional shorter branches; it is drawn ``max(width * side, min_width)`` pixels wide and darkened
-    by a factor drawn from ``darkness_range``.
+    A crack is a random walk of short steps (at least 1.5 pixels) whose heading drifts by Gaussian increments, grown
+    both ways from a point in the central part of the image, with optional shorter branches. It is drawn
+    ``max(width * side, min_width)`` pixels wide and darkened by a factor drawn from ``darkness_range``.
 
     Args:
         length_range: Crack length relative to the shorter image side.
@@ -597,9 +597,13 @@ class CrackDefect(HandDrawnDefect):
         height, width = image.shape[-2:]
         side = min(height, width)
         length = _uniform(generator, *self.length_range) * side
-        start = torch.rand(2, generator=generator) * torch.tensor([height - 1, width - 1], dtype=torch.float32)
+        # The crack grows both ways from a point in the central 60 % of the image, so most of it is visible.
+        size = torch.tensor([height - 1, width - 1], dtype=torch.float32)
+        middle = (0.2 + 0.6 * torch.rand(2, generator=generator)) * size
         heading = _uniform(generator, 0, 2 * math.pi)
-        main = self._jagged_walk(start, heading, length, generator)
+        first = self._jagged_walk(middle, heading, length / 2, generator)
+        second = self._jagged_walk(middle, heading + math.pi, length / 2, generator)
+        main = torch.cat((first.flip(0), second[1:]), dim=0)
         paths = [main]
         for _ in range(_randint(generator, *self.num_branches)):
             origin = main[_randint(generator, 1, len(main) - 1)]
