@@ -1,0 +1,225 @@
+"""FeatureEnsemble: feature-level ensemble of backbones / anomalib feature extractors with a SimpleNet head.
+
+Training (one-class, normal images only):
+
+1. ``setup("fit")`` fits the PCA transformation block on the training features (one pass, batched covariance) and
+   builds the discriminator head(s) to the resulting size, before the optimizer is created.
+2. Each training batch: features are extracted once, then the head is trained for ``steps_per_batch`` Adam steps
+   against fresh Gaussian-noise fakes (SimpleNet's truncated L1 loss).
+3. ``mode="output"``: before each validation (and at the end of training) the per-member maps are calibrated on the
+   clean training images.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsemble
+    >>> model = FeatureEnsemble(members=[
+    ...     {"backbone": "resnet18", "layers": ["layer2", "layer3"]},
+    ...     {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"]},
+    ... ], block="global", n_components=0.95)
+    >>> Engine().fit(model, datamodule=datamodule)  # doctest: +SKIP
+"""
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+from torchvision.transforms.v2 import Compose, Resize
+
+from .torch_model import FeatureEnsembleModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MEMBERS: list[dict[str, Any]] = [
+    {"backbone": "resnet18", "layers": ["layer2", "layer3"]},
+    {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"]},
+]
+
+
+class FeatureEnsemble(AnomalibModule):
+    """Feature-level ensemble anomaly model (PCA transformation block + SimpleNet discriminator).
+
+    Args:
+        members: Ensemble members as plain dicts (CLI/checkpoint friendly):
+            ``{"backbone": <timm name>, "layers": [...], "pre_trained": True, "weights": <local file> | None}`` or
+            ``{"checkpoint": <path.ckpt>, "model": "Patchcore" | "Padim" | "Pae" | <import path>, "layers": None}``.
+            Programmatically also ``nn.Module`` feature extractors (returning a tensor, list or dict of
+            ``(B, C, h, w)`` maps); those are not stored in the checkpoint hyper-parameters, so pass ``members=`` again
+            to ``load_from_checkpoint``. Default: resnet18 (layer2, layer3) + efficientnet_b0 (blocks.2, blocks.4).
+        mode: ``"feature"`` (feature-level ensemble) or ``"output"`` (baseline: one head per member, calibrated maps
+            averaged).
+        block: Transformation block ``"global"`` (concat then PCA), ``"individual"`` (PCA per member then concat) or
+            ``"none"``.
+        n_components: PCA size: int number of maps or float explained-variance share in ``(0, 1]``.
+        patch_size: Local average over ``patch_size x patch_size`` feature neighbourhoods (1 disables).
+        adaptor: Use SimpleNet's feature adaptor.
+        hidden: Discriminator hidden width.
+        noise_std: Std of the Gaussian feature noise (features have unit mean channel variance after the block).
+        margin: SimpleNet's truncation threshold ``th``.
+        sigma: Gaussian smoothing of the upsampled anomaly map.
+        lr: Adam learning rate of the discriminator (SimpleNet: 2e-4).
+        adaptor_lr: Adam learning rate of the adaptor (SimpleNet: 1e-4).
+        weight_decay: Discriminator weight decay (SimpleNet: 1e-5).
+        steps_per_batch: Discriminator updates per batch, each with fresh noise (features extracted once).
+        pre_processor: Pre-processor (default: resize to 256x256; members normalise themselves).
+        post_processor: Post-processor (default: anomalib's ``PostProcessor``).
+        evaluator: Evaluator (default: image/pixel AUROC and F1).
+        visualizer: Visualizer.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[dict[str, Any] | nn.Module] | None = None,
+        mode: str = "feature",
+        block: str = "global",
+        n_components: int | float = 0.95,
+        patch_size: int = 3,
+        adaptor: bool = True,
+        hidden: int = 1024,
+        noise_std: float = 0.015,
+        margin: float = 0.5,
+        sigma: float = 4.0,
+        lr: float = 2e-4,
+        adaptor_lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        steps_per_batch: int = 4,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        members = list(DEFAULT_MEMBERS if members is None else members)
+        if steps_per_batch < 1:
+            msg = f"steps_per_batch must be >= 1, got {steps_per_batch}"
+            raise ValueError(msg)
+        if any(isinstance(m, nn.Module) for m in members):
+            # Live modules are not checkpoint-safe hyper-parameters: keep a placeholder naming the class.
+            self.hparams["members"] = [{"module": type(m).__name__} if isinstance(m, nn.Module) else m for m in members]
+        self.model = FeatureEnsembleModel(
+            members=members,
+            mode=mode,
+            block=block,
+            n_components=n_components,
+            patch_size=patch_size,
+            adaptor=adaptor,
+            hidden=hidden,
+            noise_std=noise_std,
+            margin=margin,
+            sigma=sigma,
+        )
+        self.lr = lr
+        self.adaptor_lr = adaptor_lr
+        self.weight_decay = weight_decay
+        self.steps_per_batch = steps_per_batch
+        self.automatic_optimization = False  # several discriminator steps per extracted batch (SimpleNet)
+        self._calibration_stale = False
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only; every member applies its own input normalisation.
+
+        Args:
+            image_size: Target ``(height, width)``; default ``(256, 256)``.
+        """
+        image_size = image_size or (256, 256)
+        return PreProcessor(transform=Compose([Resize(image_size, antialias=True)]))
+
+    # ------------------------------------------------------------------ fitting the transformation block
+    def _train_images(self) -> Iterator[torch.Tensor]:
+        """Pre-processed training images on the model device (one pass over the training dataloader)."""
+        trainer = self.trainer
+        if trainer.datamodule is not None:
+            loader = trainer.datamodule.train_dataloader()
+        elif trainer.train_dataloader is not None:
+            loader = trainer.train_dataloader
+        else:
+            # Lightning keeps dataloaders passed to fit() here until the fit loop sets them up.
+            loader = trainer.fit_loop._data_source.dataloader()
+        transform = self.pre_processor.transform if self.pre_processor is not None else None
+        for batch in loader:
+            images = batch.image.to(self.device)
+            yield transform(images) if transform is not None else images
+
+    def setup(self, stage: str) -> None:
+        """Before the optimizer exists: fit the PCA block on the training features and build the heads."""
+        if stage != "fit" or self.model.is_fitted:
+            return
+        self.to(self.trainer.strategy.root_device)
+        self.model.fit_transforms(self._train_images())
+        logger.info("FeatureEnsemble transformation block fitted: head input channels %s", self.model.head_channels())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over the discriminators (SimpleNet lr / weight decay) and the adaptors (own lr)."""
+        if not self.model.is_fitted:
+            msg = "FeatureEnsemble heads are built in setup('fit'); train it with Engine.fit / Trainer.fit"
+            raise RuntimeError(msg)
+        discriminators = [p for head in self.model.heads for p in head.discriminator.parameters()]
+        adaptors = [p for head in self.model.heads for p in head.adaptor.parameters()]
+        groups = [{"params": discriminators, "lr": self.lr, "weight_decay": self.weight_decay}]
+        if adaptors:
+            groups.append({"params": adaptors, "lr": self.adaptor_lr, "weight_decay": 0.0})
+        return torch.optim.Adam(groups)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Extract features once, then ``steps_per_batch`` discriminator updates with fresh noise."""
+        del args, kwargs
+        optimizer = self.optimizers()
+        with torch.no_grad():
+            features = self.model.transformed_features(batch.image)
+        for _ in range(self.steps_per_batch):
+            loss, stats = self.model.compute_loss(features)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        self._calibration_stale = self.model.mode == "output"
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True)
+        self.log_dict({f"train_{k}": v for k, v in stats.items()}, on_epoch=True, logger=True)
+        return {"loss": loss.detach()}
+
+    def _calibrate_if_needed(self) -> None:
+        if self._calibration_stale:
+            was_training = self.model.training
+            self.model.eval()
+            self.model.calibrate(self._train_images())
+            self.model.train(was_training)
+            self._calibration_stale = False
+
+    def on_validation_start(self) -> None:
+        """Output mode: calibrate the member maps on the training images before validating."""
+        self._calibrate_if_needed()
+
+    def on_train_end(self) -> None:
+        """Output mode: calibrate after the last epoch (e.g. when validation is disabled)."""
+        self._calibrate_if_needed()
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Predict anomaly map and score for a validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping (manual optimisation) and no sanity validation before the block is fitted."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
