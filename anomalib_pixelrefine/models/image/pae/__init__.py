@@ -1,0 +1,11 @@
+"""PAE / PAEDID: patch autoencoder with latent memory bank and deep image decomposition.
+
+Reference: Mou et al., "PAEDID: Patch Autoencoder Based Deep Image Decomposition For Pixel-level Defective Region
+Segmentation".
+"""
+
+from .decomposition import decompose, decomposition_objective, sparse_to_anomaly_map
+from .lightning_model import Pae
+from .torch_model import PaeModel
+
+__all__ = ["Pae", "PaeModel", "decompose", "decomposition_objective", "sparse_to_anomaly_map"]
