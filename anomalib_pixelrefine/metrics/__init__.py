@@ -1,1 +1,30 @@
-"""anomalib_pixelrefine.metrics."""
+"""Segmentation metrics for anomalib: Dice/IoU at the model threshold, best-threshold Dice/IoU, sPRO.
+
+The classes are anomalib metrics (``AnomalibMetric`` + torchmetrics ``Metric``) for ``anomalib.metrics.Evaluator``;
+the functions in :mod:`anomalib_pixelrefine.metrics.functional` work on plain tensors.
+"""
+
+from .functional import (
+    aspro_score,
+    best_threshold_dice,
+    best_threshold_iou,
+    dice_score,
+    iou_score,
+    spro_curve,
+    spro_score,
+)
+from .segmentation import BestDice, BestIoU, Dice, IoU
+
+__all__ = [
+    "BestDice",
+    "BestIoU",
+    "Dice",
+    "IoU",
+    "aspro_score",
+    "best_threshold_dice",
+    "best_threshold_iou",
+    "dice_score",
+    "iou_score",
+    "spro_curve",
+    "spro_score",
+]
