@@ -1,0 +1,286 @@
+"""Benchmark configuration: the ``quick``/``full`` profiles, loading, validation and grid expansion.
+
+The format is anomalib's benchmark format (``accelerator`` + a ``benchmark`` section whose values may be
+``{"grid": [...]}``, expanded by :func:`anomalib.pipelines.components.utils.get_iterator_from_grid_dict`) with a few
+additions, all optional::
+
+    accelerator: cpu            # or cuda, or a list of both
+    n_jobs: 1                   # job processes at once (cuda: default = number of GPUs)
+    isolation: process          # "process": every job in a fresh process (exact peak RSS); "none": in this process
+    output_dir: benchmarks/results/quick
+    image_size: 64              # resolution given to every model's pre-processor (same resolution for all)
+    qualitative_samples: 3      # defective test images shown per job in the qualitative grid
+    benchmark:
+      seed: {grid: [0, 1]}
+      model:                    # short name (Padim, Pae, ...) or class path, optional init_args and engine args
+        grid:
+          - {class_path: Padim, init_args: {backbone: resnet18, pre_trained: false}}
+          - {class_path: Pae, engine: {max_epochs: 5}}
+      post_processor: {grid: [default, f2pad, paedid]}
+      data:                     # "default" = embedded benchmark; else any anomalib datamodule class
+        class_path: default
+        init_args: {category: {grid: [gravel, brick]}, image_size: 64}
+      engine: {max_epochs: 1}   # anomalib Engine arguments for every job
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+
+__all__ = [
+    "FULL_PROFILE",
+    "QUICK_PROFILE",
+    "BenchmarkConfigError",
+    "expand_grid",
+    "load_config",
+    "validate_config",
+]
+
+_TOP_LEVEL_KEYS = {
+    "accelerator",
+    "n_jobs",
+    "isolation",
+    "output_dir",
+    "image_size",
+    "qualitative_samples",
+    "plots",
+    "benchmark",
+}
+_BENCHMARK_KEYS = {"seed", "model", "post_processor", "data", "engine"}
+_ISOLATION = {"process", "none"}
+_ACCELERATORS = {"cpu", "cuda"}
+
+_RESNET18 = {"backbone": "resnet18", "pre_trained": False}
+
+# ``pre_trained: false`` everywhere because this machine cannot download weights; set it to true (or give our models
+# a local weights file) for meaningful numbers.
+QUICK_PROFILE: dict[str, Any] = {
+    "accelerator": "cpu",
+    "n_jobs": 1,
+    "isolation": "none",
+    "output_dir": "benchmarks/results/quick",
+    "image_size": 64,
+    "qualitative_samples": 3,
+    "plots": True,
+    "benchmark": {
+        "seed": {"grid": [0]},
+        "model": {
+            "grid": [
+                {"class_path": "Padim", "init_args": {**_RESNET18, "layers": ["layer1", "layer2"]}},
+                {
+                    "class_path": "Patchcore",
+                    "init_args": {**_RESNET18, "layers": ["layer2", "layer3"], "coreset_sampling_ratio": 0.1},
+                },
+                {"class_path": "Pae", "engine": {"max_epochs": 3}},
+                {"class_path": "Pni", "init_args": {**_RESNET18}, "engine": {"max_epochs": 1}},
+                {
+                    "class_path": "FeatureEnsemble",
+                    "init_args": {"members": [{"backbone": "resnet18", "pre_trained": False}]},
+                    "engine": {"max_epochs": 2},
+                },
+            ],
+        },
+        "post_processor": {"grid": ["default", "f2pad", "paedid"]},
+        "data": {
+            "class_path": "default",
+            "init_args": {
+                "category": {"grid": ["gravel", "brick"]},
+                "root": "./datasets/pixelrefine_quick",
+                "image_size": 64,
+                "n_train": 16,
+                "n_test_good": 4,
+                "n_test_defect": 2,
+            },
+        },
+        "engine": {"max_epochs": 1},
+    },
+}
+
+FULL_PROFILE: dict[str, Any] = {
+    "accelerator": "cpu",
+    "n_jobs": 1,
+    "isolation": "process",
+    "output_dir": "benchmarks/results/full",
+    "image_size": 128,
+    "qualitative_samples": 4,
+    "plots": True,
+    "benchmark": {
+        "seed": {"grid": [0, 1, 2]},
+        "model": {
+            "grid": [
+                {"class_path": "Padim", "init_args": {**_RESNET18, "layers": ["layer1", "layer2", "layer3"]}},
+                {
+                    "class_path": "Patchcore",
+                    "init_args": {**_RESNET18, "layers": ["layer2", "layer3"], "coreset_sampling_ratio": 0.1},
+                },
+                {"class_path": "Cflow", "init_args": {**_RESNET18}, "engine": {"max_epochs": 5}},
+                {"class_path": "Pae", "engine": {"max_epochs": 20}},
+                {"class_path": "Pni", "init_args": {**_RESNET18}, "engine": {"max_epochs": 5}},
+                {
+                    "class_path": "FeatureEnsemble",
+                    "init_args": {"members": [{"backbone": "resnet18", "pre_trained": False}]},
+                    "engine": {"max_epochs": 10},
+                },
+            ],
+        },
+        "post_processor": {"grid": ["default", "f2pad", "paedid"]},
+        "data": {
+            "class_path": "default",
+            "init_args": {
+                "category": {"grid": ["brick", "grass", "gravel", "elpv"]},
+                "root": "./datasets/pixelrefine",
+                "image_size": 128,
+                "n_train": 40,
+                "n_test_good": 10,
+                "n_test_defect": 5,
+            },
+        },
+        "engine": {"max_epochs": 1},
+    },
+}
+
+PROFILES = {"quick": QUICK_PROFILE, "full": FULL_PROFILE}
+
+
+class BenchmarkConfigError(ValueError):
+    """A benchmark configuration that cannot be run (the message names the offending key)."""
+
+
+def load_config(config: str | Path | dict[str, Any] | None = None, quick: bool = False) -> dict[str, Any]:
+    """Load and validate a benchmark configuration.
+
+    Args:
+        config: A YAML file path, a profile name (``"quick"``/``"full"``) or an already loaded dictionary.
+        quick: Use the quick profile; when ``config`` is also given, its values override the profile's.
+
+    Returns:
+        The validated configuration (a deep copy; defaults filled in).
+
+    Raises:
+        BenchmarkConfigError: If neither is given, the file is missing/unreadable, or the content is invalid.
+    """
+    base: dict[str, Any] = copy.deepcopy(QUICK_PROFILE) if quick else {}
+    if config is None and not quick:
+        msg = "Give a benchmark configuration (--config FILE, or a profile: --config quick|full) or --quick."
+        raise BenchmarkConfigError(msg)
+    loaded: dict[str, Any] = {}
+    if isinstance(config, dict):
+        loaded = copy.deepcopy(config)
+    elif config is not None and str(config) in PROFILES:
+        loaded = copy.deepcopy(PROFILES[str(config)])
+    elif config is not None:
+        path = Path(config)
+        if not path.is_file():
+            msg = f"Benchmark configuration file not found: {path}"
+            raise BenchmarkConfigError(msg)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            msg = f"Benchmark configuration {path} is not valid YAML: {error}"
+            raise BenchmarkConfigError(msg) from error
+        if not isinstance(loaded, dict):
+            msg = f"Benchmark configuration {path} must be a mapping, got {type(loaded).__name__}."
+            raise BenchmarkConfigError(msg)
+    if base and loaded:
+        benchmark = {**base["benchmark"], **loaded.get("benchmark", {})}
+        loaded = {**base, **loaded, "benchmark": benchmark}
+    return validate_config(loaded or base)
+
+
+def _grid_values(value: Any) -> list[Any]:
+    if isinstance(value, dict) and set(value) == {"grid"}:
+        return list(value["grid"]) if isinstance(value["grid"], list) else [value["grid"]]
+    return [value]
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a configuration and fill in defaults.
+
+    Args:
+        config: The configuration dictionary (see the module docstring).
+
+    Returns:
+        A deep copy with defaults for the optional keys.
+
+    Raises:
+        BenchmarkConfigError: For unknown keys, missing ``benchmark.model``/``benchmark.data``, empty grids, a bad
+            accelerator/isolation/n_jobs, or a model/data entry without ``class_path``.
+    """
+    config = copy.deepcopy(config)
+    unknown = set(config) - _TOP_LEVEL_KEYS
+    if unknown:
+        msg = f"Unknown top-level benchmark keys {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}."
+        raise BenchmarkConfigError(msg)
+    bench = config.get("benchmark")
+    if not isinstance(bench, dict):
+        msg = "The benchmark configuration needs a 'benchmark' section with at least 'model' and 'data'."
+        raise BenchmarkConfigError(msg)
+    unknown = set(bench) - _BENCHMARK_KEYS
+    if unknown:
+        msg = f"Unknown keys in 'benchmark': {sorted(unknown)}; allowed: {sorted(_BENCHMARK_KEYS)}."
+        raise BenchmarkConfigError(msg)
+    for key in ("model", "data"):
+        if key not in bench:
+            msg = f"'benchmark.{key}' is missing."
+            raise BenchmarkConfigError(msg)
+        values = _grid_values(bench[key])
+        if not values:
+            msg = f"'benchmark.{key}.grid' is empty."
+            raise BenchmarkConfigError(msg)
+        for value in values:
+            if isinstance(value, str):
+                continue
+            if not isinstance(value, dict) or "class_path" not in value:
+                msg = f"Each 'benchmark.{key}' entry needs a 'class_path' (or is a plain name); got {value!r}."
+                raise BenchmarkConfigError(msg)
+    bench.setdefault("seed", 0)
+    bench.setdefault("post_processor", "default")
+    bench.setdefault("engine", {})
+    for key in ("seed", "post_processor"):
+        if not _grid_values(bench[key]):
+            msg = f"'benchmark.{key}.grid' is empty."
+            raise BenchmarkConfigError(msg)
+    if not all(isinstance(seed, int) for seed in _grid_values(bench["seed"])):
+        msg = f"'benchmark.seed' values must be integers, got {bench['seed']!r}."
+        raise BenchmarkConfigError(msg)
+    accelerators = config.setdefault("accelerator", "cpu")
+    for accelerator in accelerators if isinstance(accelerators, list) else [accelerators]:
+        if accelerator not in _ACCELERATORS:
+            msg = f"Unsupported accelerator {accelerator!r}; use one of {sorted(_ACCELERATORS)}."
+            raise BenchmarkConfigError(msg)
+    if config.setdefault("isolation", "process") not in _ISOLATION:
+        msg = f"'isolation' must be one of {sorted(_ISOLATION)}, got {config['isolation']!r}."
+        raise BenchmarkConfigError(msg)
+    n_jobs = config.setdefault("n_jobs", 1)
+    if not isinstance(n_jobs, int) or n_jobs < 1:
+        msg = f"'n_jobs' must be a positive integer, got {n_jobs!r}."
+        raise BenchmarkConfigError(msg)
+    image_size = config.setdefault("image_size", None)
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        msg = f"'image_size' must be an integer >= 8 (or null for each model's default), got {image_size!r}."
+        raise BenchmarkConfigError(msg)
+    config.setdefault("output_dir", "benchmarks/results/latest")
+    config.setdefault("qualitative_samples", 3)
+    config.setdefault("plots", True)
+    return config
+
+
+def expand_grid(benchmark: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Expand the ``grid`` entries of the ``benchmark`` section into one dictionary per job.
+
+    This is anomalib's own expansion (every key whose dotted path contains ``grid`` is a grid axis; all axes are
+    combined as a Cartesian product), so configurations written for ``anomalib benchmark`` expand identically.
+
+    Args:
+        benchmark: The ``benchmark`` section.
+
+    Yields:
+        One configuration per job, with ``seed``, ``model``, ``post_processor``, ``data`` and ``engine`` keys.
+    """
+    yield from get_iterator_from_grid_dict(benchmark)

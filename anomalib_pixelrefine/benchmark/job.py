@@ -1,0 +1,549 @@
+"""One benchmark job: fit and test one model x post-processor x data set x seed through anomalib's ``Engine``.
+
+:class:`PixelRefineBenchmarkJob` is anomalib's :class:`~anomalib.pipelines.benchmark.job.BenchmarkJob` with a
+different payload: the job holds only its (picklable) configuration and builds the data, model, post-processor and
+evaluator inside :meth:`run`, i.e. inside the worker process when the runner isolates jobs. It records the metrics of
+the issue (image/pixel AUROC, AUPRO, best Dice/IoU, Dice/IoU at the threshold), fit time, inference time per image and
+the peak resident memory, plus per-image Dice for the size plot and a qualitative grid.
+
+Peak memory (``peak_rss_mb``, method in ``rss_method``):
+
+* ``vmhwm``: Linux. The kernel's resident high-water mark is reset at the start of the job (``/proc/self/clear_refs``
+  ``5``) and read at its end (``VmHWM``), so it is the peak resident size of the process *during this job*; it
+  includes what the process already held (Python, torch, previous jobs when ``isolation: none``), reported
+  separately as ``rss_start_mb``.
+* ``ru_maxrss``: elsewhere; ``resource.getrusage(...).ru_maxrss``, a process-lifetime high-water mark, exact per job
+  only with ``isolation: process`` (each job in a fresh process).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import torch
+from anomalib.pipelines.benchmark.job import BenchmarkJob
+from lightning.pytorch import Callback, seed_everything
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "ComponentUnavailableError",
+    "PixelRefineBenchmarkJob",
+    "build_datamodule",
+    "build_test_metrics",
+    "resolve_model_class",
+    "resolve_post_processor",
+]
+
+# Short names of this package's models (imported lazily: a model that does not exist yet is skipped, not fatal).
+OUR_MODELS: dict[str, str] = {
+    "pae": "anomalib_pixelrefine.models.image.pae.Pae",
+    "pni": "anomalib_pixelrefine.models.image.pni.Pni",
+    "featureensemble": "anomalib_pixelrefine.models.image.feature_ensemble.FeatureEnsemble",
+}
+DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
+
+# Result column -> (metric class path, fields, prefix).
+METRIC_COLUMNS: dict[str, tuple[str, list[str], str]] = {
+    "image_auroc": ("anomalib.metrics.AUROC", ["pred_score", "gt_label"], "image_"),
+    "pixel_auroc": ("anomalib.metrics.AUROC", ["anomaly_map", "gt_mask"], "pixel_"),
+    "aupro": ("anomalib.metrics.AUPRO", ["anomaly_map", "gt_mask"], "pixel_"),
+    "best_dice": ("anomalib_pixelrefine.metrics.BestDice", ["anomaly_map", "gt_mask"], "pixel_"),
+    "best_iou": ("anomalib_pixelrefine.metrics.BestIoU", ["anomaly_map", "gt_mask"], "pixel_"),
+    "dice": ("anomalib_pixelrefine.metrics.Dice", ["pred_mask", "gt_mask"], "pixel_"),
+    "iou": ("anomalib_pixelrefine.metrics.IoU", ["pred_mask", "gt_mask"], "pixel_"),
+}
+
+
+class ComponentUnavailableError(ImportError):
+    """A model, post-processor or data set named in the configuration is not available here (job is skipped)."""
+
+
+def _import_object(class_path: str) -> Any:
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        msg = f"{class_path} is not available ({type(error).__name__}: {error})."
+        raise ComponentUnavailableError(msg) from error
+
+
+def resolve_model_class(name: str) -> type:
+    """Return the model class for a short name (``Padim``, ``Pae``, ...) or a full class path.
+
+    Args:
+        name: anomalib model name (case-insensitive), one of this package's models, or ``package.module.Class``.
+
+    Returns:
+        The ``AnomalibModule`` subclass.
+
+    Raises:
+        ComponentUnavailableError: If the class cannot be imported (e.g. a model not written yet).
+        ValueError: If the name is unknown or not an ``AnomalibModule``.
+    """
+    from anomalib.models import AnomalibModule
+
+    key = name.lower().replace("_", "")
+    if "." in name:
+        cls = _import_object(name)
+    elif key in OUR_MODELS:
+        cls = _import_object(OUR_MODELS[key])
+    else:
+        import anomalib.models
+
+        matches = [item for item in anomalib.models.__all__ if item.lower() == key]
+        if not matches:
+            msg = f"Unknown model {name!r}: not an anomalib model, not one of {sorted(OUR_MODELS)}, not a class path."
+            raise ValueError(msg)
+        cls = getattr(anomalib.models, matches[0])
+    if not (isinstance(cls, type) and issubclass(cls, AnomalibModule)):
+        msg = f"{name!r} resolves to {cls!r}, which is not an anomalib AnomalibModule."
+        raise ValueError(msg)
+    return cls
+
+
+def resolve_post_processor(spec: str | dict[str, Any] | None) -> Any:
+    """Build the post-processor of a job.
+
+    Args:
+        spec: ``"default"``/``None`` (the model's own), a short name of ``pixelrefine --post_processor``
+            (``f2pad``, ``paedid``), a class path, or ``{"class_path": ..., "init_args": {...}}``.
+
+    Returns:
+        ``True`` for the model's default post-processor, otherwise the post-processor instance.
+
+    Raises:
+        ComponentUnavailableError: If the class cannot be imported.
+        ValueError: For an unknown short name.
+    """
+    from anomalib_pixelrefine.cli import POST_PROCESSORS
+
+    if spec is None or (isinstance(spec, str) and spec.lower() == "default"):
+        return True
+    init_args: dict[str, Any] = {}
+    if isinstance(spec, dict):
+        init_args = dict(spec.get("init_args") or {})
+        spec = spec["class_path"]
+    class_path = POST_PROCESSORS.get(str(spec).lower(), str(spec))
+    if "." not in class_path:
+        msg = f"Unknown post-processor {spec!r}; known names: {sorted(POST_PROCESSORS)} (or a class path)."
+        raise ValueError(msg)
+    return _import_object(class_path)(**init_args)
+
+
+def post_processor_name(spec: str | dict[str, Any] | None) -> str:
+    """Short label of a post-processor specification (for tables and file names)."""
+    if spec is None:
+        return "default"
+    if isinstance(spec, dict):
+        spec = spec["class_path"]
+    return str(spec).rsplit(".", 1)[-1].lower() if "." in str(spec) else str(spec).lower()
+
+
+def model_name(spec: str | dict[str, Any]) -> str:
+    """Short label of a model specification."""
+    class_path = spec if isinstance(spec, str) else spec["class_path"]
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def data_name(spec: str | dict[str, Any]) -> str:
+    """Short label of a data specification: the category, prefixed by the datamodule class for anomalib data."""
+    if isinstance(spec, str):
+        return spec
+    init_args = spec.get("init_args") or {}
+    label = str(init_args.get("category") or init_args.get("name") or "")
+    class_name = str(spec["class_path"]).rsplit(".", 1)[-1]
+    if class_name.lower() in DEFAULT_DATA:
+        return label or "default"
+    return f"{class_name}/{label}" if label else class_name
+
+
+def build_default_data(init_args: dict[str, Any]) -> Path:
+    """Build (or reuse, it is cached) one category of the embedded default benchmark and return its folder.
+
+    Raises:
+        ComponentUnavailableError: For ``elpv`` without the ``elpv-dataset`` package.
+    """
+    from anomalib_pixelrefine.data import build_default_benchmark, elpv_available
+
+    args = dict(init_args)
+    category = args.pop("category", None)
+    if category is None:
+        msg = "The default data set needs 'init_args.category' (e.g. gravel, brick, grass, elpv)."
+        raise ValueError(msg)
+    if category == "elpv" and not elpv_available():
+        msg = "category 'elpv' needs the optional elpv-dataset package (pip install anomalib-pixelrefine[elpv])."
+        raise ComponentUnavailableError(msg)
+    build_keys = ("root", "image_size", "n_train", "n_test_good", "n_test_defect", "defects", "seed")
+    kwargs = {key: args[key] for key in build_keys if key in args}
+    kwargs.setdefault("root", "./datasets/pixelrefine")
+    return build_default_benchmark(categories=[category], **kwargs)[category]
+
+
+def build_datamodule(spec: str | dict[str, Any], seed: int) -> Any:
+    """Instantiate the datamodule of a job.
+
+    Args:
+        spec: ``{"class_path": "default", "init_args": {"category": ..., <build_default_benchmark args>,
+            <default_datamodule args>}}`` for the embedded benchmark, or any anomalib datamodule
+            (``MVTecAD``, ``Visa``, ``BTech``, ``MVTecLOCO``, ``Folder``, or a class path) with its ``init_args``.
+        seed: Seed of the datamodule's splits.
+
+    Returns:
+        The datamodule.
+    """
+    from anomalib.data import AnomalibDataModule
+
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    class_path = str(spec["class_path"])
+    init_args = dict(spec.get("init_args") or {})
+    if class_path.lower() in DEFAULT_DATA:
+        from anomalib_pixelrefine.data import default_datamodule
+
+        path = build_default_data(init_args)
+        loader_keys = ("train_batch_size", "eval_batch_size", "num_workers")
+        return default_datamodule(path, seed=seed, **{key: init_args[key] for key in loader_keys if key in init_args})
+    if "." in class_path:
+        cls = _import_object(class_path)
+    else:
+        import anomalib.data
+
+        cls = getattr(anomalib.data, class_path, None)
+        if cls is None:
+            msg = f"Unknown data set {class_path!r}: not 'default', not an anomalib datamodule, not a class path."
+            raise ValueError(msg)
+    if not (isinstance(cls, type) and issubclass(cls, AnomalibDataModule)):
+        msg = f"{class_path!r} is not an anomalib AnomalibDataModule."
+        raise ValueError(msg)
+    init_args.setdefault("seed", seed)
+    return cls(**init_args)
+
+
+def build_test_metrics() -> tuple[dict[str, Any], dict[str, str]]:
+    """Instantiate the test metrics of :data:`METRIC_COLUMNS`.
+
+    Returns:
+        ``({column: metric}, {column: reason})`` where the second dict lists metrics that are not available.
+    """
+    metrics: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for column, (class_path, fields, prefix) in METRIC_COLUMNS.items():
+        try:
+            metrics[column] = _import_object(class_path)(fields=fields, prefix=prefix)
+        except ComponentUnavailableError as error:
+            missing[column] = str(error)
+    return metrics, missing
+
+
+# --------------------------------------------------------------------------------------------------------- memory
+def _status_mb(field: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+)\s+kB", text, flags=re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def reset_peak_rss() -> str:
+    """Reset the process's resident high-water mark if the OS allows it; return the method used to read it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return "ru_maxrss"
+    return "vmhwm" if _status_mb("VmHWM") is not None else "ru_maxrss"
+
+
+def peak_rss_mb(method: str) -> float:
+    """Peak resident memory in MiB (see the module docstring for the two methods)."""
+    if method == "vmhwm":
+        value = _status_mb("VmHWM")
+        if value is not None:
+            return value
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max_rss / (1024 * 1024) if sys.platform == "darwin" else max_rss / 1024
+
+
+# -------------------------------------------------------------------------------------------------------- callback
+class TestOutputCollector(Callback):
+    """Collect per-image results and the test-loop time while ``Engine.test`` runs.
+
+    Trainer callbacks run before the model's own callbacks (post-processor, evaluator), so in ``on_test_batch_end``
+    this sees the host model's raw anomaly map; the post-processor then updates the same batch object in place,
+    which is read at the start of the next batch (or at the end of the epoch).
+
+    Args:
+        n_samples: Number of defective images kept for the qualitative grid.
+        max_side: Maps kept for the grid are resized to at most this side.
+    """
+
+    def __init__(self, n_samples: int = 3, max_side: int = 128) -> None:
+        super().__init__()
+        self.n_samples = n_samples
+        self.max_side = max_side
+        self.per_image: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.n_images = 0
+        self.seconds = 0.0
+        self._start: float | None = None
+        self._pending: Any = None
+        self._host_maps: list[torch.Tensor | None] = []
+
+    def _small(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().float().cpu().reshape(1, 1, *tensor.shape[-2:])
+        scale = self.max_side / max(tensor.shape[-2:])
+        if scale < 1:
+            tensor = F.interpolate(tensor, scale_factor=scale, mode="bilinear", align_corners=False)
+        return tensor[0, 0]
+
+    def _flush(self) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+        batch, self._pending = self._pending, None
+        if batch is None:
+            return
+        gt_mask = getattr(batch, "gt_mask", None)
+        pred_mask = getattr(batch, "pred_mask", None)
+        paths = getattr(batch, "image_path", None) or [""] * len(batch.image)
+        labels = getattr(batch, "gt_label", None)
+        self.n_images += len(batch.image)
+        if gt_mask is None:
+            return
+        gt = gt_mask.detach().cpu().reshape(len(gt_mask), *gt_mask.shape[-2:]).bool()
+        if pred_mask is not None:
+            pred = pred_mask.detach().cpu().float().reshape(len(pred_mask), 1, *pred_mask.shape[-2:])
+            if pred.shape[-2:] != gt.shape[-2:]:
+                pred = F.interpolate(pred, size=gt.shape[-2:], mode="nearest")
+            pred = pred[:, 0] > 0.5
+            inter = (pred & gt).flatten(1).sum(1).float()
+            pred_area = pred.flatten(1).sum(1).float()
+        gt_area = gt.flatten(1).sum(1).float()
+        for index in range(len(gt)):
+            label = int(labels[index]) if labels is not None else int(gt_area[index] > 0)
+            record: dict[str, Any] = {
+                "image_path": str(paths[index]),
+                "defect": Path(str(paths[index])).parent.name,
+                "gt_label": label,
+                "area_fraction": float(gt_area[index] / gt[index].numel()),
+                "dice": math.nan,
+                "iou": math.nan,
+            }
+            if pred_mask is not None and gt_area[index] > 0:
+                union = pred_area[index] + gt_area[index] - inter[index]
+                record["dice"] = float(2 * inter[index] / (pred_area[index] + gt_area[index]))
+                record["iou"] = float(inter[index] / union)
+            self.per_image.append(record)
+            host = self._host_maps[index] if index < len(self._host_maps) else None
+            if host is not None and len(self.samples) < self.n_samples:
+                sample = {"image_path": str(paths[index]), "gt_mask": self._small(gt[index]), "host_map": host}
+                sample["pred_mask"] = self._small(pred[index]) if pred_mask is not None else None
+                if getattr(batch, "anomaly_map", None) is not None:
+                    sample["anomaly_map"] = self._small(batch.anomaly_map[index])
+                self.samples.append(sample)
+        self._host_maps = []
+
+    def on_test_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        """Finish the previous batch and start the clock."""
+        del args, kwargs
+        self._flush()
+        self._start = time.perf_counter()
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
+        """Keep the raw (host) anomaly maps of defective images still needed for the grid."""
+        del trainer, pl_module, args, kwargs
+        self._pending = outputs
+        maps = getattr(outputs, "anomaly_map", None)
+        labels = getattr(outputs, "gt_label", None)
+        self._host_maps = []
+        needed = self.n_samples - len(self.samples)
+        if maps is None or labels is None:
+            return
+        for index in range(len(maps)):
+            keep = needed > 0 and bool(labels[index])
+            self._host_maps.append(self._small(maps[index]) if keep else None)
+            needed -= int(keep)
+
+    def on_test_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Finish the last batch."""
+        del args, kwargs
+        self._flush()
+
+
+# ------------------------------------------------------------------------------------------------------------- job
+class PixelRefineBenchmarkJob(BenchmarkJob):
+    """Fit and test one model x post-processor x data set x seed; return one result row.
+
+    Failures do not stop the benchmark: a missing model/post-processor/data set gives ``status="skipped"`` and an
+    exception during fit/test ``status="failed"``, both with the reason in ``reason``.
+
+    Args:
+        accelerator: ``"cpu"`` or ``"cuda"``.
+        seed: Seed of the job.
+        job_config: ``{"model", "post_processor", "data", "engine"}`` as expanded from the grid.
+        image_size: Side given to the model's pre-processor (``None``: the model's default).
+        output_dir: Where the job writes its qualitative grid (``<output_dir>/qualitative/<job_id>.png``).
+        qualitative_samples: Defective test images shown in that grid (0: no grid).
+        num_threads: Torch CPU threads (``None``: torch's default).
+    """
+
+    name = "benchmark"
+
+    def __init__(
+        self,
+        accelerator: str,
+        seed: int,
+        job_config: dict[str, Any],
+        image_size: int | None = None,
+        output_dir: str | Path | None = None,
+        qualitative_samples: int = 3,
+        num_threads: int | None = None,
+    ) -> None:
+        # Not calling BenchmarkJob.__init__: it needs instantiated model/datamodule, which are built in ``run``.
+        self.accelerator = accelerator
+        self.seed = seed
+        self.job_config = job_config
+        self.image_size = image_size
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.qualitative_samples = qualitative_samples
+        self.num_threads = num_threads
+        self.flat_cfg = {"seed": seed, **job_config}
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """Dataset, model, post-processor and seed labels of the job."""
+        return {
+            "dataset": data_name(self.job_config["data"]),
+            "model": model_name(self.job_config["model"]),
+            "post_processor": post_processor_name(self.job_config.get("post_processor")),
+            "seed": self.seed,
+        }
+
+    @property
+    def job_id(self) -> str:
+        """File-name-safe identifier ``<dataset>-<model>-<post_processor>-s<seed>``."""
+        labels = self.labels
+        text = f"{labels['dataset']}-{labels['model']}-{labels['post_processor']}-s{labels['seed']}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+    def run(self, task_id: int | None = None) -> dict[str, Any]:
+        """Run the job; never raises (the row carries ``status`` and ``reason``).
+
+        Args:
+            task_id: Worker index given by anomalib's ``ParallelRunner`` (used as the CUDA device index).
+
+        Returns:
+            The result row; key ``_per_image`` holds the per-image records.
+        """
+        row: dict[str, Any] = {"job_id": self.job_id, **self.labels, "status": "ok", "reason": ""}
+        row.update(dict.fromkeys(METRIC_COLUMNS, math.nan))
+        row["_per_image"] = []
+        started = time.perf_counter()
+        try:
+            self._run(row, task_id)
+        except ComponentUnavailableError as error:
+            row.update(status="skipped", reason=str(error))
+            logger.warning("Skipping %s: %s", self.job_id, error)
+        except Exception as error:
+            row.update(status="failed", reason=f"{type(error).__name__}: {error}")
+            logger.exception("Benchmark job %s failed.", self.job_id)
+        row["job_s"] = time.perf_counter() - started
+        gc.collect()
+        return row
+
+    def _run(self, row: dict[str, Any], task_id: int | None) -> None:
+        from anomalib.engine import Engine
+        from anomalib.metrics import Evaluator
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        rss_method = reset_peak_rss()
+        row["rss_start_mb"] = _status_mb("VmRSS") or math.nan
+        seed_everything(self.seed, workers=True)
+        model_spec = self.job_config["model"]
+        model_spec = {"class_path": model_spec} if isinstance(model_spec, str) else model_spec
+        model_cls = resolve_model_class(model_spec["class_path"])
+        post_processor = resolve_post_processor(self.job_config.get("post_processor"))
+        datamodule = build_datamodule(self.job_config["data"], self.seed)
+        metrics, missing = build_test_metrics()
+        if missing:
+            row["reason"] = "; ".join(f"{column}: {reason}" for column, reason in missing.items())
+        kwargs = dict(model_spec.get("init_args") or {})
+        if self.image_size is not None:
+            kwargs["pre_processor"] = model_cls.configure_pre_processor(image_size=(self.image_size, self.image_size))
+        kwargs.update(post_processor=post_processor, evaluator=Evaluator(test_metrics=list(metrics.values())))
+        kwargs["visualizer"] = False
+        model = model_cls(**kwargs)
+
+        devices: int | list[int] = [task_id] if self.accelerator == "cuda" and task_id is not None else 1
+        engine_args = {**(self.job_config.get("engine") or {}), **(model_spec.get("engine") or {})}
+        collector = TestOutputCollector(n_samples=self.qualitative_samples)
+        with TemporaryDirectory() as temp_dir:
+            engine = Engine(
+                accelerator=self.accelerator,
+                devices=devices,
+                default_root_dir=temp_dir,
+                logger=False,
+                enable_progress_bar=False,
+                callbacks=[collector],
+                **engine_args,
+            )
+            start = time.perf_counter()
+            engine.fit(model=model, datamodule=datamodule)
+            row["train_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            results = engine.test(model=model, datamodule=datamodule)
+            row["test_s"] = time.perf_counter() - start
+        values = results[0] if results else {}
+        for column, metric in metrics.items():
+            value = values.get(metric.name)
+            row[column] = float(value) if value is not None else math.nan
+        row["n_train"] = len(datamodule.train_data) if getattr(datamodule, "train_data", None) is not None else None
+        row["n_test"] = collector.n_images
+        row["infer_ms_per_image"] = 1000 * collector.seconds / max(collector.n_images, 1)
+        row["peak_rss_mb"] = peak_rss_mb(rss_method)
+        row["rss_method"] = rss_method
+        row["accelerator"] = self.accelerator
+        row["image_size"] = self.image_size
+        row["model_init_args"] = json.dumps(model_spec.get("init_args") or {}, sort_keys=True, default=str)
+        row["torch_threads"] = torch.get_num_threads()
+        row["pid"] = os.getpid()
+        row["_per_image"] = [{"job_id": self.job_id, **self.labels, **record} for record in collector.per_image]
+        if self.output_dir is not None and collector.samples:
+            from .report import plot_qualitative
+
+            path = self.output_dir / "qualitative" / f"{self.job_id}.png"
+            plot_qualitative(collector.samples, path, title=self.job_id)
+            row["qualitative_png"] = str(path.relative_to(self.output_dir))
+
+    @staticmethod
+    def collect(results: list[dict[str, Any]]) -> Any:
+        """Gather the rows into a DataFrame; the per-image records go to ``frame.attrs["per_image"]``."""
+        import pandas as pd
+
+        per_image = [record for row in results for record in row.get("_per_image", [])]
+        frame = pd.DataFrame([{key: value for key, value in row.items() if key != "_per_image"} for row in results])
+        frame.attrs["per_image"] = pd.DataFrame(per_image)
+        return frame
+
+    @staticmethod
+    def save(result: Any) -> None:
+        """Print the table (the pipeline's bound job class writes the files; see ``pipeline.py``)."""
+        from .report import markdown_table
+
+        print(markdown_table(result))

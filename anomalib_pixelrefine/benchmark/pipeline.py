@@ -1,0 +1,252 @@
+"""The ``pixelrefine benchmark`` pipeline: anomalib's ``Benchmark`` pipeline with this package's job and outputs.
+
+Reused from anomalib: the ``Pipeline``/``JobGenerator``/``Job`` interfaces, the grid expansion, ``SerialRunner`` and
+``ParallelRunner`` (process pool, one worker per device). Added: a fresh process per job (``isolation: process``,
+for exact per-job peak memory), our models/post-processors/data sets, and CSV/JSON/Markdown/PNG outputs.
+
+``anomalib benchmark`` keeps its own pipeline: :func:`pixelrefine_pipelines` swaps the registry entry only while the
+``pixelrefine`` CLI is parsing and running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Generator, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib.pipelines.benchmark import Benchmark
+from anomalib.pipelines.components.base import JobGenerator, Runner
+from anomalib.pipelines.components.runners import ParallelRunner, SerialRunner
+from anomalib.pipelines.types import GATHERED_RESULTS, PREV_STAGE_RESULT
+from jsonargparse import ArgumentParser, Namespace
+
+from .config import BenchmarkConfigError, expand_grid, load_config
+from .job import PixelRefineBenchmarkJob, build_default_data
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FreshProcessRunner",
+    "PixelRefineBenchmark",
+    "PixelRefineBenchmarkJobGenerator",
+    "pixelrefine_pipelines",
+    "run_benchmark",
+]
+
+
+class PixelRefineBenchmarkJobGenerator(JobGenerator):
+    """Expand the grid into :class:`PixelRefineBenchmarkJob` objects (configuration only; built inside the job).
+
+    The embedded default data is built (or found in its cache) here, in the parent process, so parallel jobs never
+    write the same folder.
+
+    Args:
+        accelerator: ``"cpu"`` or ``"cuda"``.
+        settings: The validated top-level configuration (``output_dir``, ``image_size``, ``qualitative_samples``,
+            ``n_jobs``, ``plots``).
+    """
+
+    def __init__(self, accelerator: str, settings: dict[str, Any]) -> None:
+        self.accelerator = accelerator
+        self.settings = settings
+        self.jobs: list[PixelRefineBenchmarkJob] = []
+
+    @property
+    def job_class(self) -> type:
+        """Job class whose ``save`` writes the files of this run into ``settings["output_dir"]``."""
+        settings = self.settings
+
+        class _BoundJob(PixelRefineBenchmarkJob):
+            @staticmethod
+            def save(result: Any) -> None:
+                PixelRefineBenchmarkJob.save(result)
+                from .report import write_results
+
+                metadata = settings.setdefault("metadata", {})
+                if "started" in settings:
+                    metadata["wall_time_s"] = round(time.perf_counter() - settings["started"], 1)
+                files = write_results(result, settings["output_dir"], metadata, settings["plots"])
+                print(f"Benchmark results written to {Path(settings['output_dir']).resolve()}: {sorted(files)}")
+
+        return _BoundJob
+
+    def generate_jobs(
+        self,
+        args: dict | None = None,
+        previous_stage_result: PREV_STAGE_RESULT = None,
+    ) -> Generator[PixelRefineBenchmarkJob, None, None]:
+        """Yield one job per grid point of ``args`` (the ``benchmark`` section)."""
+        del previous_stage_result
+        threads = None
+        if self.accelerator == "cpu" and self.settings.get("n_jobs", 1) > 1:
+            threads = max(1, (os.cpu_count() or 1) // self.settings["n_jobs"])
+        for container in expand_grid(args or {}):
+            data = container["data"]
+            if isinstance(data, dict) and str(data.get("class_path", "")).lower() in {"default", "pixelrefine"}:
+                with contextlib.suppress(Exception):  # a bad/missing category is reported by the job itself
+                    build_default_data(data.get("init_args") or {})
+            job = PixelRefineBenchmarkJob(
+                accelerator=self.accelerator,
+                seed=int(container.get("seed", 0)),
+                job_config={key: container.get(key) for key in ("model", "post_processor", "data", "engine")},
+                image_size=self.settings.get("image_size"),
+                output_dir=self.settings.get("output_dir"),
+                qualitative_samples=int(self.settings.get("qualitative_samples", 3)),
+                num_threads=threads,
+            )
+            self.jobs.append(job)
+            yield job
+
+
+class FreshProcessRunner(ParallelRunner):
+    """anomalib's ``ParallelRunner`` with a new (spawned) process for every job.
+
+    Each worker exits after one job (``max_tasks_per_child=1``, Python >= 3.11), so the peak memory of the job is
+    not mixed with that of the previous ones. With ``n_jobs`` workers, jobs run ``n_jobs`` at a time. On Python 3.10
+    workers are reused (the memory method then reads as a high-water mark per worker).
+    """
+
+    def run(self, args: dict, prev_stage_results: PREV_STAGE_RESULT = None) -> GATHERED_RESULTS:
+        """Run the jobs, collect and save their results."""
+        self.processes = dict.fromkeys(range(self.n_jobs))
+        self.results = []
+        kwargs: dict[str, Any] = {"max_workers": self.n_jobs, "mp_context": multiprocessing.get_context("spawn")}
+        if sys.version_info >= (3, 11):
+            kwargs["max_tasks_per_child"] = 1
+        with ProcessPoolExecutor(**kwargs) as executor:
+            for job in self.generator(args, prev_stage_results):
+                while None not in self.processes.values():
+                    self._await_cleanup_processes()
+                    time.sleep(0.05)
+                index = next(i for i, process in self.processes.items() if process is None)
+                self.processes[index] = executor.submit(job.run, task_id=index)
+            self._await_cleanup_processes(blocking=True)
+        gathered = self.generator.job_class.collect(self.results)
+        self.generator.job_class.save(gathered)
+        return gathered
+
+
+class PixelRefineBenchmark(Benchmark):
+    """Benchmark models x post-processors x data sets x seeds; write CSV/JSON/Markdown tables and PNG plots.
+
+    Example:
+        >>> from anomalib_pixelrefine.benchmark import PixelRefineBenchmark
+        >>> results = PixelRefineBenchmark().run(config="quick")  # doctest: +SKIP
+    """
+
+    @staticmethod
+    def get_parser(parser: ArgumentParser | None = None) -> ArgumentParser:
+        """Parser of ``pixelrefine benchmark``: ``--config FILE|quick|full``, ``--quick``, ``--output_dir``."""
+        if parser is None:
+            parser = ArgumentParser(description="Benchmark models x post-processors x data sets x seeds.")
+        parser.add_argument("--config", type=str | None, default=None, help="YAML file, or a profile: quick, full.")
+        parser.add_argument("--quick", type=bool, default=False, help="Use the quick profile (<= 15 min, 2 cores).")
+        parser.add_argument("--output_dir", type=str | None, default=None, help="Override the output folder.")
+        return parser
+
+    def _get_args(self, args: Namespace | dict | None) -> dict:
+        if args is None:
+            args = self.get_parser().parse_args()
+        values = args if isinstance(args, dict) else dict(args.as_dict() if hasattr(args, "as_dict") else vars(args))
+        config = load_config(values.get("config"), quick=bool(values.get("quick")))
+        if values.get("output_dir"):
+            config["output_dir"] = values["output_dir"]
+        return config
+
+    def _setup_runners(self, args: dict) -> list[Runner]:
+        accelerators = args["accelerator"] if isinstance(args["accelerator"], list) else [args["accelerator"]]
+        runners: list[Runner] = []
+        for accelerator in accelerators:
+            n_jobs = args["n_jobs"]
+            if accelerator == "cuda":
+                if not torch.cuda.is_available():
+                    msg = "accelerator 'cuda' requested but no CUDA device is available."
+                    raise BenchmarkConfigError(msg)
+                n_jobs = max(n_jobs, torch.cuda.device_count())
+            generator = PixelRefineBenchmarkJobGenerator(accelerator, {**args, "n_jobs": n_jobs})
+            if args["isolation"] == "process":
+                runners.append(FreshProcessRunner(generator, n_jobs=n_jobs))
+            elif n_jobs > 1:
+                runners.append(ParallelRunner(generator, n_jobs=n_jobs))
+            else:
+                runners.append(SerialRunner(generator))
+        return runners
+
+    def run(self, args: Namespace | dict | None = None, config: str | dict | None = None) -> Any:
+        """Run the benchmark and write its outputs.
+
+        Args:
+            args: Parsed CLI arguments (``config``, ``quick``, ``output_dir``); parsed from ``sys.argv`` when both
+                this and ``config`` are ``None``.
+            config: Alternatively a configuration file/profile name/dictionary.
+
+        Returns:
+            The results of the last runner (a DataFrame, one row per job).
+        """
+        pipeline_args = self._get_args({"config": config} if config is not None else args)
+        start = time.perf_counter()
+        argv = [Path(sys.argv[0]).name, *sys.argv[1:]]
+        metadata = {
+            "command": " ".join(shlex.quote(arg) for arg in argv),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads",
+            "load_average": " ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "",
+            "isolation": pipeline_args["isolation"],
+            "config": {key: value for key, value in pipeline_args.items()},
+        }
+        result = None
+        for runner in self._setup_runners(pipeline_args):
+            runner.generator.settings.update(metadata=metadata, started=start)  # type: ignore[attr-defined]
+            result = runner.run(pipeline_args["benchmark"])
+        return result
+
+
+@contextlib.contextmanager
+def pixelrefine_pipelines() -> Iterator[None]:
+    """Temporarily make ``benchmark`` in anomalib's pipeline registry point to :class:`PixelRefineBenchmark`.
+
+    anomalib's CLI builds the ``benchmark`` sub-command from ``anomalib.cli.pipelines.PIPELINE_REGISTRY`` and runs it
+    through the same dictionary, so swapping the entry while the ``pixelrefine`` CLI parses and runs gives it our
+    pipeline, and restoring it afterwards leaves ``anomalib benchmark`` (and ``AnomalibCLI`` in the same process)
+    unchanged.
+    """
+    from anomalib.cli import pipelines
+
+    registry = pipelines.PIPELINE_REGISTRY
+    if registry is None:
+        yield
+        return
+    previous = registry.get("benchmark")
+    registry["benchmark"] = PixelRefineBenchmark
+    try:
+        yield
+    finally:
+        if previous is None:
+            registry.pop("benchmark", None)
+        else:
+            registry["benchmark"] = previous
+
+
+def run_benchmark(config: str | Path | dict | None = None, quick: bool = False, output_dir: str | None = None) -> Any:
+    """Run the benchmark from Python.
+
+    Args:
+        config: YAML file, profile name (``quick``/``full``) or dictionary.
+        quick: Use the quick profile (``config`` values override it).
+        output_dir: Override the output folder.
+
+    Returns:
+        The results DataFrame (one row per job).
+    """
+    return PixelRefineBenchmark().run({"config": config, "quick": quick, "output_dir": output_dir})
