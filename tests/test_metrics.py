@@ -1,5 +1,7 @@
 """Tests for anomalib_pixelrefine.metrics: hand-computed cases, scikit-learn/anomalib references, Engine use."""
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,9 +10,11 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import AUPRO
 from anomalib.utils.cv import connected_components_cpu
+from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score, precision_recall_curve
 
 from anomalib_pixelrefine.metrics import (
+    SPRO,
     BestDice,
     BestIoU,
     Dice,
@@ -253,3 +257,113 @@ def test_spro_errors() -> None:
         spro_score(maps, [one, torch.zeros(1, 4, 4)], 0.5, 0.5)
     with pytest.raises(ValueError, match="masks_per_defect\\[1\\] must be a binary"):
         spro_score(maps, [one, torch.full((1, 4, 4), 0.5)], 0.5, 0.5)
+
+
+# ------------------------------------------------------------------------------------------------ anomalib Engine
+
+
+def test_metrics_in_anomalib_evaluator_with_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from anomalib.metrics import Evaluator
+    from anomalib.models import Padim
+
+    evaluator = Evaluator(
+        test_metrics=[
+            Dice(fields=["pred_mask", "gt_mask"], prefix="pixel_"),
+            IoU(fields=["pred_mask", "gt_mask"], prefix="pixel_"),
+            BestDice(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
+            BestIoU(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
+            SPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", saturation=0.5),
+        ],
+    )
+    model = Padim(backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=32, evaluator=evaluator)
+    datamodule = MVTecAD(
+        root=tiny_mvtec_root,
+        category="gravel",
+        num_workers=0,
+        train_batch_size=4,
+        eval_batch_size=4,
+    )
+    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=tmp_path)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule)[0]
+    for name in ("pixel_Dice", "pixel_IoU", "pixel_BestDice", "pixel_BestIoU", "pixel_SPRO"):
+        assert name in results, f"{name} missing from {sorted(results)}"
+        assert 0.0 <= results[name] <= 1.0
+    assert results["pixel_BestDice"] >= results["pixel_Dice"] - 5e-3  # the best threshold beats the model's one
+    assert results["pixel_IoU"] == pytest.approx(results["pixel_Dice"] / (2 - results["pixel_Dice"]), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ SPRO metric
+
+
+def test_spro_metric_components_equal_functional_and_forward() -> None:
+    scores, masks = _random_case(9, n=6, size=16, decimals=2)
+    masks[4:] = False
+    labels = connected_components_cpu(masks[:, None].float())[:, 0]
+    per_image = [torch.stack([labels[i] == k for k in labels[i].unique() if k > 0]) for i in range(4)]
+    per_image += [torch.zeros(0, 16, 16, dtype=torch.bool)] * 2
+    expected = aspro_score(scores, per_image, 0.5, fpr_limit=0.1)
+    metric = SPRO(saturation=0.5, fpr_limit=0.1, prefix="pixel_")
+    metric.update(_batch(anomaly_map=scores[:3], gt_mask=masks[:3]))
+    metric(_batch(anomaly_map=scores[3:], gt_mask=masks[3:]))  # forward() keeps the accumulated state
+    assert metric.name == "pixel_SPRO"
+    assert metric.compute().item() == pytest.approx(expected.item(), abs=1e-6)
+    metric.reset()
+    metric.update(_batch(anomaly_map=scores[4:], gt_mask=masks[4:]))
+    assert torch.isnan(metric.compute())  # no defect at all
+
+
+def _write_loco_masks(folder: Path, masks: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for i, mask in enumerate(masks):
+        Image.fromarray(mask.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder / "000.png"
+
+
+def test_spro_metric_mvtec_loco_defects_config(tmp_path: Path) -> None:
+    config = [
+        {"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 0.5, "relative_saturation": True},
+        {"defect_name": "extra", "pixel_value": 254, "saturation_threshold": 8, "relative_saturation": False},
+    ]
+    config_path = tmp_path / "defects_config.json"
+    config_path.write_text(json.dumps(config))
+    # ground truth at 16x16, anomaly maps at 8x8: masks are resized, absolute areas scaled by 1/4
+    a = np.zeros((16, 16))
+    a[0:4, 0:8] = 255  # 32 px -> 8 px at 8x8, saturation 50 % = 4 px
+    b = np.zeros((16, 16))
+    b[8:16, 8:16] = 254  # 64 px -> 16 px, saturation 8 px -> 2 px
+    path = _write_loco_masks(tmp_path / "ground_truth" / "logical_anomalies" / "000", [a, b])
+    maps = torch.zeros(2, 8, 8)
+    maps[0, 0, 0:2] = 1.0  # 2 of the 4 needed px of defect a: 0.5
+    maps[0, 4, 4] = 1.0  # 1 of the 2 needed px of defect b: 0.5
+    maps[0, 4, 5] = 0.8  # at t <= 0.8: b saturated (1.0)
+    maps[1, 0, 0] = 0.9  # the anomaly-free image: 1 of 64 px false positive at t <= 0.9
+    gt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    gt[0, 0:2, 0:4] = True
+    gt[0, 4:8, 4:8] = True
+    metric = SPRO(fields=["anomaly_map", "gt_mask", "mask_path"], defects_config=config_path, fpr_limit=1.0)
+    metric.update(_batch(anomaly_map=maps, gt_mask=gt, mask_path=[str(path), ""]))
+    regions = metric.regions[0]
+    assert regions.shape == (2, 8, 8)
+    assert regions.sum((1, 2)).tolist() == [8, 16]
+    assert metric.saturations[0].tolist() == pytest.approx([4.0, 2.0])
+    assert spro_score(maps, metric.regions, metric.saturations, 1.0).item() == pytest.approx(0.5)
+    assert spro_score(maps, metric.regions, metric.saturations, 0.8).item() == pytest.approx(0.75)
+    # curve: (0,0) -> t=1: (0, .5) -> t=.9: (1/64, .5) -> t=.8: (1/64, .75) -> t=0: (1, 1)
+    fpr, spro, _ = spro_curve(maps, metric.regions, metric.saturations)
+    assert fpr.tolist() == pytest.approx([0, 0, 1 / 64, 1 / 64, 1])
+    assert spro.tolist() == pytest.approx([0, 0.5, 0.5, 0.75, 1.0])
+    expected_auc = 0.5 * (1 / 64) + (0.75 + 1.0) / 2 * (1 - 1 / 64)
+    assert metric.compute().item() == pytest.approx(expected_auc, abs=1e-6)
+
+    bad = _write_loco_masks(tmp_path / "gt2" / "001", [np.full((16, 16), 7)])
+    with pytest.raises(ValueError, match="pixel value 7, which is not in defects_config"):
+        metric.update(_batch(anomaly_map=maps[:1], gt_mask=gt[:1], mask_path=[str(bad)]))
+    with pytest.raises(ValueError, match='needs the "mask_path" field'):
+        SPRO(defects_config=config).update(_batch(anomaly_map=maps, gt_mask=gt))
+    with pytest.raises(ValueError, match="missing key"):
+        SPRO(defects_config=[{"pixel_value": 1}])
+    with pytest.raises(FileNotFoundError, match="defects_config file not found"):
+        SPRO(defects_config=tmp_path / "nope.json")

@@ -14,8 +14,10 @@ from .functional import (
     spro_score,
 )
 from .segmentation import BestDice, BestIoU, Dice, IoU
+from .spro import SPRO, load_defects_config
 
 __all__ = [
+    "SPRO",
     "BestDice",
     "BestIoU",
     "Dice",
@@ -25,6 +27,7 @@ __all__ = [
     "best_threshold_iou",
     "dice_score",
     "iou_score",
+    "load_defects_config",
     "spro_curve",
     "spro_score",
 ]

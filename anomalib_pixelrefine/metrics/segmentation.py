@@ -116,7 +116,8 @@ class _BestThresholdMetric(Metric):
 
     is_differentiable = False
     higher_is_better = True
-    full_state_update = False
+    # forward() must not merge histograms on different grids: recompute on the full state instead
+    full_state_update = True
     _kind = "dice"
 
     def __init__(self, num_bins: int = 10_000, **kwargs: Any) -> None:
