@@ -1,1 +1,31 @@
-"""anomalib_pixelrefine.post_processing."""
+"""Refining post-processors: F2PAD and PAEDID test-time optimisation over feature-based anomalib models.
+
+Usage: ``Patchcore(post_processor=F2PAD())``; CLI ``--model.post_processor anomalib_pixelrefine.post_processing.F2PAD``.
+See ``README.md`` in this folder.
+"""
+
+from .base import RefiningPostProcessor
+from .f2pad import F2PAD
+from .paedid import PaedidRefiner
+from .scorers import (
+    CflowScorer,
+    FeatureScorer,
+    PadimScorer,
+    PatchcoreScorer,
+    available_scorers,
+    get_scorer,
+    register_scorer,
+)
+
+__all__ = [
+    "F2PAD",
+    "CflowScorer",
+    "FeatureScorer",
+    "PadimScorer",
+    "PaedidRefiner",
+    "PatchcoreScorer",
+    "RefiningPostProcessor",
+    "available_scorers",
+    "get_scorer",
+    "register_scorer",
+]

@@ -1,0 +1,354 @@
+"""Base class of the refining post-processors: an anomalib ``PostProcessor`` that re-segments each image at test time.
+
+The refiner is a Lightning callback (as anomalib's ``PostProcessor``), so it sees the input images and the host model:
+
+- training batches (``on_train_batch_end``): a sample of training images is kept to fit the pixel prior (MoG) or a
+  PAE deep prior (``fit_prior``, run once before validation / at the end of the training epoch);
+- validation (``on_validation_*``): host image scores feed the image threshold; the host's pixel threshold gives the
+  initial masks ``m0``; the validation images are then refined and the *refined* maps calibrate the pixel threshold;
+- test/predict (``on_test_batch_end``/``on_predict_batch_end``): each batch is refined (so ``strategy="ddp"`` splits
+  images across devices), then normalised/thresholded; the image scores stay the host's;
+- ``forward`` (export/``TorchInferencer``): a forward pre-hook on the host torch model captures its input images so
+  the pickled (``export_type="torch"``) model refines too. ONNX/OpenVINO cannot express the iterative, autograd-based
+  refinement: tracing raises a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from anomalib.data import Batch, InferenceBatch
+from anomalib.metrics import F1AdaptiveThreshold
+from anomalib.post_processing import PostProcessor
+from kornia.morphology import opening
+from lightning import LightningModule, Trainer
+from torch import nn
+from torchvision.transforms.v2 import Normalize
+
+logger = logging.getLogger(__name__)
+
+EXPORT_MESSAGE = (
+    "{name} refines anomaly maps by iterative gradient-based optimisation through the host's feature extractor "
+    "(autograd + data-dependent stopping), which ONNX/OpenVINO graphs cannot express. Export with export_type='torch' "
+    "(TorchInferencer runs the refinement), or export the host alone with post_processor=PostProcessor()."
+)
+
+
+def _find_normalize(module: nn.Module | None) -> Normalize | None:
+    """First torchvision ``Normalize`` inside a pre-processor's transforms (searched recursively)."""
+    if module is None:
+        return None
+    stack: list[Any] = [getattr(module, "transform", None), getattr(module, "export_transform", None)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Normalize):
+            return item
+        if item is not None and hasattr(item, "transforms"):
+            stack.extend(item.transforms)
+    return None
+
+
+def _is_exporting() -> bool:
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+class RefiningPostProcessor(PostProcessor):
+    """anomalib ``PostProcessor`` refining the host's anomaly maps with the input images (abstract).
+
+    Subclasses implement :meth:`fit_prior` (training images in ``[0, 1]``) and :meth:`refine_maps`.
+
+    Args:
+        enable_refinement: ``False`` makes this a plain anomalib ``PostProcessor`` (ablation / speed).
+        initial_threshold: Host pixel threshold for ``m0`` (raw host map units) when no validation calibrated one.
+            ``None``: per-image fallback ``min + 0.5 (max - min)`` with a warning.
+        mask_threshold: Threshold on the refined map when validation did not calibrate one.
+        opening_size: Side of the final morphological opening of the binary mask (paper: 3; 0 disables).
+        max_train_images: Training images kept to fit the prior.
+        seed: Random seed of the prior fitting.
+        **kwargs: anomalib ``PostProcessor`` arguments (``enable_normalization``, ``image_sensitivity``, ...).
+    """
+
+    def __init__(
+        self,
+        enable_refinement: bool = True,
+        initial_threshold: float | None = None,
+        mask_threshold: float = 0.1,
+        opening_size: int = 3,
+        max_train_images: int = 64,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.enable_refinement = enable_refinement
+        self.initial_threshold = initial_threshold
+        self.mask_threshold = mask_threshold
+        self.opening_size = opening_size
+        self.max_train_images = max_train_images
+        self.seed = seed
+        self.register_buffer("pixel_mean", torch.zeros(3))
+        self.register_buffer("pixel_std", torch.ones(3))
+        self.register_buffer("host_pixel_threshold", torch.tensor(float("nan")))
+        self.register_buffer("prior_fitted", torch.tensor(False))
+        self.pixel_mean: torch.Tensor
+        self.pixel_std: torch.Tensor
+        self.host_pixel_threshold: torch.Tensor
+        self.prior_fitted: torch.Tensor
+        self._train_images: list[torch.Tensor] = []
+        self._val_batches: list[Batch] = []
+        self._warned_threshold = False
+        self.last_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ config persisted in checkpoints
+    @property
+    def _checkpoint_config_keys(self) -> tuple[str, ...]:
+        return (
+            *super()._checkpoint_config_keys,
+            "enable_refinement",
+            "initial_threshold",
+            "mask_threshold",
+            "opening_size",
+            "max_train_images",
+            "seed",
+        )
+
+    # ------------------------------------------------------------------ abstract
+    def fit_prior(self, images: torch.Tensor) -> None:
+        """Fit the refiner's prior on training images ``(N, 3, H, W)`` in ``[0, 1]``."""
+        raise NotImplementedError
+
+    def refine_maps(
+        self,
+        pixels: torch.Tensor,
+        host_maps: torch.Tensor,
+        initial_masks: torch.Tensor,
+        host_model: nn.Module,
+    ) -> torch.Tensor:
+        """Refined continuous anomaly maps ``(B, 1, H, W)``.
+
+        Args:
+            pixels: Images in ``[0, 1]`` ``(B, 3, H, W)``.
+            host_maps: Raw host anomaly maps ``(B, 1, H, W)``.
+            initial_masks: Host binary masks ``m0`` ``(B, 1, H, W)`` bool.
+            host_model: Host torch model (``pl_module.model``).
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ pixel space
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Host input space -> ``[0, 1]`` pixels (undo the pre-processor's ``Normalize``)."""
+        return x * self.pixel_std.view(1, -1, 1, 1).to(x) + self.pixel_mean.view(1, -1, 1, 1).to(x)
+
+    def to_input(self, n: torch.Tensor) -> torch.Tensor:
+        """``[0, 1]`` pixels -> host input space."""
+        return (n - self.pixel_mean.view(1, -1, 1, 1).to(n)) / self.pixel_std.view(1, -1, 1, 1).to(n)
+
+    # ------------------------------------------------------------------ host wiring
+    def attach(self, pl_module: LightningModule) -> None:
+        """Read the host's input normalisation and hook its torch model (for ``forward``/export). Idempotent."""
+        norm = _find_normalize(getattr(pl_module, "pre_processor", None))
+        if norm is not None:
+            self.pixel_mean.copy_(torch.as_tensor(norm.mean, dtype=torch.float32))
+            self.pixel_std.copy_(torch.as_tensor(norm.std, dtype=torch.float32))
+        host = getattr(pl_module, "model", None)
+        if isinstance(host, nn.Module) and not any(
+            getattr(h, "__self__", None) is self for h in host._forward_pre_hooks.values()
+        ):
+            host.register_forward_pre_hook(self._capture_input)
+
+    def _capture_input(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook on the host torch model: remember its input images for :meth:`forward`."""
+        if args and isinstance(args[0], torch.Tensor) and not module.training:
+            self.__dict__["_captured"] = (module, args[0])
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Lightning hook: attach to the host."""
+        del trainer, stage
+        self.attach(pl_module)
+
+    # ------------------------------------------------------------------ prior fitting during the host's fit
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Batch, *args: Any
+    ) -> None:
+        """Keep up to ``max_train_images`` training images (pixel space, CPU)."""
+        del trainer, pl_module, outputs, args
+        if not self.enable_refinement or bool(self.prior_fitted):
+            return
+        kept = sum(len(x) for x in self._train_images)
+        if kept < self.max_train_images:
+            self._train_images.append(self.to_pixels(batch.image[: self.max_train_images - kept].detach()).cpu())
+
+    def _maybe_fit_prior(self) -> None:
+        if self._train_images and not bool(self.prior_fitted):
+            images = torch.cat(self._train_images).clamp(0, 1)
+            self._train_images = []
+            with torch.inference_mode(False), torch.enable_grad():
+                self.fit_prior(images.clone())
+            self.prior_fitted.fill_(True)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Fit the prior before the first validation (Lightning validates before ``on_train_epoch_end``)."""
+        del trainer, pl_module
+        self._maybe_fit_prior()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Fit the prior if no validation ran."""
+        del trainer, pl_module
+        self._maybe_fit_prior()
+
+    # ------------------------------------------------------------------ validation: calibrate on refined maps
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args: Any, **kwargs: Any
+    ) -> None:
+        """Host image scores -> image threshold/min-max now; keep the batch to refine at epoch end."""
+        del args, kwargs, pl_module
+        if trainer.sanity_checking:
+            return
+        if self.enable_thresholding:
+            self._image_threshold_metric.update(outputs)
+        if self.enable_normalization:
+            self._image_min_max_metric.update(outputs)
+        if not self.enable_refinement:
+            if self.enable_thresholding:
+                self._pixel_threshold_metric.update(outputs)
+            if self.enable_normalization:
+                self._pixel_min_max_metric.update(outputs)
+            return
+        if outputs.anomaly_map is not None:
+            self._val_batches.append(outputs)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Host pixel threshold (-> ``m0``) from raw maps, then refine and calibrate on the refined maps."""
+        if self._val_batches and not trainer.sanity_checking:
+            batches, self._val_batches = self._val_batches, []
+            has_masks = all(b.gt_mask is not None for b in batches)
+            if has_masks:
+                host_metric = F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False).to(
+                    batches[0].anomaly_map.device,
+                )
+                for batch in batches:
+                    host_metric.update(batch)
+                self.host_pixel_threshold.copy_(host_metric.compute())
+            for batch in batches:
+                batch.anomaly_map = self.refine_batch(batch.image, batch.anomaly_map, pl_module.model)
+                if self.enable_thresholding:
+                    self._pixel_threshold_metric.update(batch)
+                if self.enable_normalization:
+                    self._pixel_min_max_metric.update(batch)
+        self._val_batches = []
+        super().on_validation_epoch_end(trainer, pl_module)
+
+    # ------------------------------------------------------------------ test / predict
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args: Any, **kwargs: Any
+    ) -> None:
+        """Refine, then normalise and threshold (image scores stay the host's)."""
+        del trainer, args, kwargs
+        self.__dict__.pop("_captured", None)
+        self._refine_and_finalise(outputs, pl_module.model)
+
+    def on_predict_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args: Any, **kwargs: Any
+    ) -> None:
+        """Same as :meth:`on_test_batch_end`."""
+        del trainer, args, kwargs
+        self.__dict__.pop("_captured", None)
+        self._refine_and_finalise(outputs, pl_module.model)
+
+    def _refine_and_finalise(self, batch: Batch, host_model: nn.Module) -> None:
+        if self.enable_refinement and batch.anomaly_map is not None:
+            batch.anomaly_map = self.refine_batch(batch.image, batch.anomaly_map, host_model)
+        out = self.finalise(batch.pred_score, batch.anomaly_map)
+        batch.anomaly_map, batch.pred_score = out.anomaly_map, out.pred_score
+        if self.enable_thresholding:
+            batch.pred_label = out.pred_label if batch.pred_label is None else batch.pred_label
+            batch.pred_mask = out.pred_mask
+
+    # ------------------------------------------------------------------ core
+    def initial_masks(self, host_maps: torch.Tensor) -> torch.Tensor:
+        """``m0``: host map above the host's calibrated pixel threshold (fallbacks documented in the class)."""
+        threshold = self.host_pixel_threshold
+        if torch.isnan(threshold):
+            if self.initial_threshold is not None:
+                return host_maps > self.initial_threshold
+            if not self._warned_threshold:
+                logger.warning(
+                    "%s: no calibrated host pixel threshold (no validation with masks) and initial_threshold=None; "
+                    "using per-image min + 0.5 (max - min) for the initial masks.",
+                    type(self).__name__,
+                )
+                self._warned_threshold = True
+            low = host_maps.flatten(1).amin(1).view(-1, 1, 1, 1)
+            high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+            return host_maps > low + 0.5 * (high - low)
+        return host_maps > threshold.to(host_maps)
+
+    def refine_batch(self, images: torch.Tensor, host_maps: torch.Tensor, host_model: nn.Module) -> torch.Tensor:
+        """Refine a batch: ``images`` in host input space, raw ``host_maps`` -> refined raw maps ``(B, 1, H, W)``."""
+        if not bool(self.prior_fitted):
+            msg = (
+                f"{type(self).__name__} has no fitted prior: train the host with this post-processor attached "
+                "(Engine.fit), or load a checkpoint saved with it."
+            )
+            raise RuntimeError(msg)
+        if host_maps.dim() == 3:
+            host_maps = host_maps.unsqueeze(1)
+        with torch.inference_mode(False), torch.enable_grad():
+            # Clones leave inference mode (inference tensors cannot be saved for backward).
+            images = images.detach().clone().float()
+            maps = host_maps.detach().clone().float()
+            if maps.shape[-2:] != images.shape[-2:]:
+                maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            was_training = host_model.training
+            host_model.eval()
+            try:
+                refined = self.refine_maps(
+                    self.to_pixels(images).clamp(0, 1), maps, self.initial_masks(maps), host_model
+                )
+            finally:
+                host_model.train(was_training)
+        return refined.detach()
+
+    def binarise(self, refined: torch.Tensor) -> torch.Tensor:
+        """Binary mask from raw refined maps: calibrated (or ``mask_threshold``) threshold, then opening."""
+        threshold = self._pixel_threshold
+        threshold = torch.where(torch.isnan(threshold), torch.full_like(threshold, self.mask_threshold), threshold)
+        mask = (refined > threshold.to(refined)).float()
+        if self.opening_size > 1:
+            kernel = torch.ones(self.opening_size, self.opening_size, device=mask.device)
+            mask = opening(mask, kernel)
+        return mask > 0.5
+
+    def finalise(self, pred_score: torch.Tensor | None, refined: torch.Tensor | None) -> InferenceBatch:
+        """Normalise host scores and refined maps (validation statistics), threshold them."""
+        pred_mask = self.binarise(refined) if (refined is not None and self.enable_thresholding) else None
+        base = PostProcessor.forward(self, InferenceBatch(pred_score=pred_score, anomaly_map=refined))
+        return InferenceBatch(
+            pred_score=base.pred_score,
+            pred_label=base.pred_label,
+            anomaly_map=base.anomaly_map,
+            pred_mask=pred_mask if pred_mask is not None else base.pred_mask,
+        )
+
+    def forward(self, predictions: InferenceBatch) -> InferenceBatch:
+        """Graph-side post-processing (export/inference): refine with the images captured from the host's input.
+
+        Raises:
+            RuntimeError: When traced/exported to ONNX/OpenVINO (the refinement is not a static graph).
+        """
+        captured = self.__dict__.pop("_captured", None)
+        if not self.enable_refinement:
+            return super().forward(predictions)
+        if _is_exporting():
+            raise RuntimeError(EXPORT_MESSAGE.format(name=type(self).__name__))
+        if captured is None:
+            msg = (
+                f"{type(self).__name__}.forward needs the host's input images; call the whole AnomalibModule "
+                "(model(images)) after Engine.fit/test or attach(pl_module), not the post-processor alone."
+            )
+            raise RuntimeError(msg)
+        host_model, images = captured
+        refined = self.refine_batch(images, predictions.anomaly_map, host_model)
+        return self.finalise(predictions.pred_score, refined)

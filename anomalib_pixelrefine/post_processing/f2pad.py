@@ -1,0 +1,345 @@
+"""F2PAD (Feature-to-Pixel Anomaly Detection) as an anomalib post-processor.
+
+Reference: "Feature Attenuation... / F2PAD: pixel-level anomaly segmentation by penalised regression" (see
+``/work/shared/papers/f2pad.txt``). Solves eq. (12)::
+
+    min_n  l_n(n) + α1 l_p1(n) + α2 l_p2(n) + β l_a(x - n),   β = β0 / |m0|
+
+over the dilated ROI of the host's initial mask ``m0`` with bilateral local gradient sharing (eq. 13–14), adaptive
+per-pixel steps ``γ0 / |x - n|`` (eq. 15) and Adan. ``n0`` is a classical inpainting of ``m0`` (no pretrained MAE
+offline) or a PAE deep prior. The refined anomaly map is ``||x - n||`` (channel L2).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomalib_pixelrefine.models.image.pae import PaeModel
+
+from .base import RefiningPostProcessor
+from .optim import (
+    PixelAdan,
+    bilateral_weights,
+    fit_mog,
+    inpaint,
+    log_sparsity,
+    mog_prior,
+    range_penalty,
+    share_gradients,
+    total_variation,
+)
+from .paedid import pae_input, train_pae
+from .scorers import get_scorer
+
+INIT_MODES = ("inpaint", "pae", "image")
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of ``(B, 1, H, W)`` masks with a square of side ``2 radius + 1`` (max pooling)."""
+    if radius <= 0:
+        return mask.bool()
+    return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
+
+
+def crop_boxes(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One common crop size covering every image's ROI bounding box plus ``context`` pixels, aligned to ``align``.
+
+    Returns:
+        ``(offsets (B, 2), (crop_h, crop_w))``.
+    """
+    _, _, h, w = roi.shape
+    rows, cols = roi[:, 0].any(2), roi[:, 0].any(1)
+    idx_h = torch.arange(h, device=roi.device)
+    idx_w = torch.arange(w, device=roi.device)
+    y0 = torch.where(rows, idx_h, h).amin(1) - context
+    y1 = torch.where(rows, idx_h, -1).amax(1) + 1 + context
+    x0 = torch.where(cols, idx_w, w).amin(1) - context
+    x1 = torch.where(cols, idx_w, -1).amax(1) + 1 + context
+    align_h = align if h % align == 0 else 1
+    align_w = align if w % align == 0 else 1
+    crop_h = min(h, math.ceil(int((y1 - y0).max()) / align_h) * align_h)
+    crop_w = min(w, math.ceil(int((x1 - x0).max()) / align_w) * align_w)
+    cy = (y0 + y1) // 2 - crop_h // 2
+    cx = (x0 + x1) // 2 - crop_w // 2
+    cy = (cy.clamp(0, h - crop_h) // align_h) * align_h
+    cx = (cx.clamp(0, w - crop_w) // align_w) * align_w
+    return torch.stack([cy, cx], 1), (crop_h, crop_w)
+
+
+def gather_crops(x: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crops ``(B, C, size)`` at ``offsets`` (vectorised gather)."""
+    b, c, _, w = x.shape
+    ys = offsets[:, 0].view(b, 1, 1) + torch.arange(size[0], device=x.device).view(1, -1, 1)
+    xs = offsets[:, 1].view(b, 1, 1) + torch.arange(size[1], device=x.device).view(1, 1, -1)
+    flat = (ys * w + xs).view(b, 1, -1).expand(b, c, -1)
+    return x.flatten(2).gather(2, flat).view(b, c, *size)
+
+
+def scatter_crops(full: torch.Tensor, crops: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Write crops back into ``full`` (copy) at ``offsets``."""
+    b, c, h, w = full.shape
+    size = crops.shape[-2:]
+    ys = offsets[:, 0].view(b, 1, 1) + torch.arange(size[0], device=full.device).view(1, -1, 1)
+    xs = offsets[:, 1].view(b, 1, 1) + torch.arange(size[1], device=full.device).view(1, 1, -1)
+    flat = (ys * w + xs).view(b, 1, -1).expand(b, c, -1)
+    return full.flatten(2).scatter(2, flat, crops.flatten(2)).view(b, c, h, w)
+
+
+class F2PAD(RefiningPostProcessor):
+    """F2PAD refining post-processor for feature-based hosts (PatchCore, PaDiM, CFLOW, ... see ``scorers``).
+
+    Args:
+        alpha1: Weight of the MoG pixel prior (eq. 10), per optimised pixel.
+        alpha2: Weight of the TV prior (eq. 11), per optimised pixel.
+        beta0: Sparsity weight; ``β = β0 / |m0|`` (eq. 8 with the paper's size normalisation).
+        n_components: MoG components (fitted on training pixels with EM).
+        log_eps: ``ε`` of the LOG penalty (paper: 1e-4).
+        lr: Base step multiplied by the adaptive step ``min(γ0 / |x - n|, gamma_max)``.
+        gamma0: ``γ0`` of eq. 15 (paper: 1.0).
+        gamma_max: Cap of the adaptive step factor (``γ0/|a|`` diverges at ``a = 0``).
+        adaptive_step: Use eq. 15 (``False``: constant ``lr``, plain Adan ablation).
+        gradient_sharing: Use eq. 13–14 (``False``: plain Adan ablation).
+        ks: Neighbourhood radius of gradient sharing (paper: 5; weights beyond ~3 px vanish for ``σ0 = 1.1``).
+        sigma0: Spatial bandwidth of eq. 14.
+        sigma1: Colour bandwidth of eq. 14 (pixels in ``[0, 1]``).
+        clip: Element-wise clipping of the shared gradient (paper: 0.03).
+        range_weight: Weight of the ``[0, 1]`` pixel range penalty.
+        max_iters: Maximum iterations (paper: 1200 on a GPU).
+        tol: Stop an image when its objective decreased by less than ``tol`` (relative) over ``check_every`` steps.
+        check_every: Stopping-rule window.
+        roi_dilation: Dilation radius (px) of ``m0`` giving the optimised region.
+        roi_local: Optimise/score crops around the ROI (``False``: the full image — for the speed-up comparison).
+        context: Extra pixels around the ROI in the crops (receptive-field context for the features).
+        num_candidates: PatchCore ``|M_ij|`` (paper: 50).
+        init: ``"inpaint"`` (OpenCV Telea), ``"pae"`` (PAE deep prior trained on the training images) or ``"image"``.
+        reestimate: Re-estimate ``n`` with ``β = 0`` inside the final mask (stored in ``last_info["background"]``).
+        reestimate_iters: Iterations of the re-estimation.
+        pae_epochs: PAE training epochs when ``init="pae"``.
+        **kwargs: :class:`RefiningPostProcessor` / anomalib ``PostProcessor`` arguments.
+    """
+
+    def __init__(
+        self,
+        alpha1: float = 0.02,
+        alpha2: float = 0.02,
+        beta0: float = 1.0,
+        n_components: int = 5,
+        log_eps: float = 1e-4,
+        lr: float = 0.01,
+        gamma0: float = 1.0,
+        gamma_max: float = 5.0,
+        adaptive_step: bool = True,
+        gradient_sharing: bool = True,
+        ks: int = 2,
+        sigma0: float = 1.1,
+        sigma1: float = 0.3,
+        clip: float = 0.03,
+        range_weight: float = 100.0,
+        max_iters: int = 100,
+        tol: float = 1e-3,
+        check_every: int = 10,
+        roi_dilation: int = 6,
+        roi_local: bool = True,
+        context: int = 16,
+        num_candidates: int = 50,
+        init: str = "inpaint",
+        reestimate: bool = False,
+        reestimate_iters: int = 50,
+        pae_epochs: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if init not in INIT_MODES:
+            msg = f"init must be one of {INIT_MODES}, got '{init}'"
+            raise ValueError(msg)
+        if n_components < 1 or ks < 0 or max_iters < 0 or check_every < 1:
+            msg = "n_components >= 1, ks >= 0, max_iters >= 0 and check_every >= 1 are required"
+            raise ValueError(msg)
+        self.alpha1, self.alpha2, self.beta0 = alpha1, alpha2, beta0
+        self.n_components, self.log_eps = n_components, log_eps
+        self.lr, self.gamma0, self.gamma_max, self.adaptive_step = lr, gamma0, gamma_max, adaptive_step
+        self.gradient_sharing, self.ks, self.sigma0, self.sigma1 = gradient_sharing, ks, sigma0, sigma1
+        self.clip, self.range_weight = clip, range_weight
+        self.max_iters, self.tol, self.check_every = max_iters, tol, check_every
+        self.roi_dilation, self.roi_local, self.context = roi_dilation, roi_local, context
+        self.num_candidates, self.init = num_candidates, init
+        self.reestimate, self.reestimate_iters, self.pae_epochs = reestimate, reestimate_iters, pae_epochs
+        self.register_buffer("mog_means", torch.full((n_components, 3), 0.5))
+        self.register_buffer("mog_inv_covs", torch.eye(3).repeat(n_components, 1, 1))
+        self.mog_means: torch.Tensor
+        self.mog_inv_covs: torch.Tensor
+        self.pae = PaeModel(channels=(32, 64)) if init == "pae" else None
+
+    _TUNABLE = (
+        "alpha1", "alpha2", "beta0", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step", "gradient_sharing",
+        "ks", "sigma0", "sigma1", "clip", "range_weight", "max_iters", "tol", "check_every", "roi_dilation",
+        "roi_local", "context", "num_candidates", "reestimate", "reestimate_iters",
+    )  # fmt: skip
+
+    @property
+    def _checkpoint_config_keys(self) -> tuple[str, ...]:
+        return (*super()._checkpoint_config_keys, *self._TUNABLE)
+
+    # ------------------------------------------------------------------ prior
+    def fit_prior(self, images: torch.Tensor) -> None:
+        """Fit the MoG pixel prior on sampled training pixels (and the PAE when ``init="pae"``)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+        pick = torch.randperm(len(pixels), generator=generator)[:20000]
+        means, inv_covs = fit_mog(pixels[pick], self.n_components, self.seed)
+        q = len(means)
+        self.mog_means[:q].copy_(means)
+        self.mog_inv_covs[:q].copy_(inv_covs)
+        self.mog_means[q:].copy_(means[:1].expand(self.n_components - q, -1))  # duplicates do not change the min
+        self.mog_inv_covs[q:].copy_(inv_covs[:1].expand(self.n_components - q, -1, -1))
+        if self.pae is not None:
+            torch.manual_seed(self.seed)
+            train_pae(self.pae, pae_input(self.pae, images)[0], self.pae_epochs, 1e-3, seed=self.seed)
+
+    # ------------------------------------------------------------------ initialisation
+    def initial_background(self, pixels: torch.Tensor, fill: torch.Tensor, host_maps: torch.Tensor) -> torch.Tensor:
+        """``n0``: ``pixels`` with ``fill`` pixels replaced (inpainting, PAE prior or nothing)."""
+        if self.init == "image":
+            return pixels.clone()
+        if self.init == "pae":
+            x, size = pae_input(self.pae, pixels)
+            scores = F.interpolate(host_maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            prior = self.pae.deep_prior(x, patch_scores=scores)
+            prior = F.interpolate(prior, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+            return torch.where(fill, prior, pixels)
+        return inpaint(pixels, fill)
+
+    # ------------------------------------------------------------------ objective
+    def objective(
+        self,
+        n: torch.Tensor,
+        x: torch.Tensor,
+        region: torch.Tensor,
+        beta: torch.Tensor,
+        scorer_loss: callable | None,
+        ln_ref: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. (12) per image ``(B,)`` and its ``l_n`` part; ``region`` ``(B, 1, H, W)`` weights the pixel terms."""
+        area = region.flatten(1).sum(1).clamp_min(1.0)
+        ln = torch.zeros(n.shape[0], dtype=n.dtype, device=n.device)
+        if scorer_loss is not None:
+            ln = scorer_loss(self.to_input(n)) / ln_ref
+        total = ln + self.range_weight * range_penalty(n)
+        if self.alpha1 > 0:
+            means, inv = self.mog_means.to(n), self.mog_inv_covs.to(n)
+            total = total + self.alpha1 * mog_prior(n, means, inv, region) / area
+        if self.alpha2 > 0:
+            total = total + self.alpha2 * total_variation(n, region) / area
+        total = total + beta * log_sparsity(x - n, region, self.log_eps)
+        return total, ln
+
+    # ------------------------------------------------------------------ optimiser
+    def optimise(
+        self,
+        x: torch.Tensor,
+        n0: torch.Tensor,
+        region: torch.Tensor,
+        beta: torch.Tensor,
+        scorer_loss: callable | None,
+        ln_ref: torch.Tensor | None,
+        max_iters: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minimise eq. (12) over the pixels in ``region`` (Algorithm 1, steps 3–8), all images at once.
+
+        Returns:
+            ``(n, iterations per image)``.
+        """
+        n = n0.detach().clone()
+        region_f = region.to(n.dtype)
+        weights = bilateral_weights(x, self.ks, self.sigma0, self.sigma1) if self.gradient_sharing else None
+        adan = PixelAdan(n.shape, n.device, n.dtype)
+        active = torch.ones(n.shape[0], dtype=torch.bool, device=n.device)
+        iterations = torch.zeros(n.shape[0], dtype=torch.long, device=n.device)
+        last_check = None
+        for it in range(max_iters):
+            n.requires_grad_(True)
+            total, _ = self.objective(n, x, region_f, beta, scorer_loss, ln_ref)
+            (grad,) = torch.autograd.grad(total.sum(), n)
+            grad = torch.nan_to_num(grad) * region_f
+            if weights is not None:
+                grad = share_gradients(grad, weights, self.ks) * region_f
+            grad = grad.clamp(-self.clip, self.clip)
+            step = torch.full_like(n, self.lr)
+            if self.adaptive_step:
+                step = self.lr * (self.gamma0 / (x - n.detach()).abs().clamp_min(1e-6)).clamp(max=self.gamma_max)
+            update = adan.step(grad, step) * active.view(-1, 1, 1, 1) * region_f
+            n = (n.detach() - torch.nan_to_num(update)).clamp(-0.1, 1.1)
+            iterations += active.long()
+            value = total.detach()
+            if last_check is None:
+                last_check = value
+            elif (it + 1) % self.check_every == 0:
+                active &= (last_check - value) > self.tol * last_check.abs().clamp_min(1e-8)
+                last_check = value
+                if not active.any():
+                    break
+        return n.detach().clamp(0, 1), iterations
+
+    # ------------------------------------------------------------------ refinement
+    def refine_maps(
+        self,
+        pixels: torch.Tensor,
+        host_maps: torch.Tensor,
+        initial_masks: torch.Tensor,
+        host_model: nn.Module,
+    ) -> torch.Tensor:
+        """Refined maps ``||x - n*||`` inside the dilated ROI, plus a tiny tie-breaker from the host map elsewhere."""
+        start = time.perf_counter()
+        b, _, h, w = pixels.shape
+        roi_full = dilate(initial_masks, self.roi_dilation)
+        low = host_maps.flatten(1).amin(1).view(-1, 1, 1, 1)
+        high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+        refined = 1e-3 * (host_maps - low) / (high - low).clamp_min(1e-12)  # keeps the host's order outside the ROI
+        background = pixels.clone()
+        iterations = torch.zeros(b, dtype=torch.long)
+        todo = roi_full.flatten(1).any(1).nonzero()[:, 0]
+        if len(todo) > 0:
+            x = pixels[todo]
+            roi = roi_full[todo]
+            m0 = initial_masks[todo]
+            if self.roi_local:
+                offsets, size = crop_boxes(roi, self.context, align=32)
+            else:
+                offsets, size = torch.zeros(len(todo), 2, dtype=torch.long, device=x.device), (h, w)
+            n0_full = self.initial_background(x, dilate(m0, 1), host_maps[todo])
+            x_c = gather_crops(x, offsets, size)
+            n0_c = gather_crops(n0_full, offsets, size)
+            roi_c = gather_crops(roi.float(), offsets, size) > 0.5
+            region = roi_c if self.roi_local else torch.ones_like(roi_c)
+            beta = self.beta0 / m0.flatten(1).sum(1).clamp_min(1).to(x.dtype)
+            scorer_loss, ln_ref = None, None
+            if self.max_iters > 0:
+                scorer = get_scorer(host_model, num_candidates=self.num_candidates)
+                scorer.prepare(self.to_input(n0_c), region.float(), offsets, (h, w))
+                with torch.no_grad():
+                    ln_ref = scorer.loss(self.to_input(n0_c)).clamp_min(1e-6)
+                scorer_loss = scorer.loss
+            n_c, its = self.optimise(x_c, n0_c, region, beta, scorer_loss, ln_ref, self.max_iters)
+            iterations[todo.cpu()] = its.cpu()
+            if self.reestimate:
+                mask_c = self.binarise((x_c - n_c).pow(2).sum(1, keepdim=True).sqrt() * roi_c)
+                n_c, _ = self.optimise(
+                    x_c, n_c, dilate(mask_c, 1), torch.zeros_like(beta), scorer_loss, ln_ref, self.reestimate_iters
+                )
+            amap_c = (x_c - n_c).pow(2).sum(1, keepdim=True).sqrt() * roi_c
+            full = scatter_crops(torch.zeros_like(host_maps[todo]), amap_c, offsets)
+            refined[todo] = torch.where(roi, full, refined[todo])
+            background[todo] = scatter_crops(x.clone(), n_c, offsets)
+        self.last_info = {
+            "iterations": iterations,
+            "seconds": time.perf_counter() - start,
+            "background": background.detach(),
+            "initial_masks": initial_masks.detach(),
+        }
+        return refined
