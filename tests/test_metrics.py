@@ -277,7 +277,9 @@ def test_metrics_in_anomalib_evaluator_with_engine(tiny_mvtec_root: Path, tmp_pa
             SPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", saturation=0.5),
         ],
     )
-    model = Padim(backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=32, evaluator=evaluator)
+    model = Padim(
+        backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=32, evaluator=evaluator, visualizer=False
+    )
     datamodule = MVTecAD(
         root=tiny_mvtec_root,
         category="gravel",

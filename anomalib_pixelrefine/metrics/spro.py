@@ -107,11 +107,15 @@ class _SPRO(Metric):
         self.add_state("saturations", default=[], dist_reduce_fx="cat")
 
     def _regions_from_components(self, target: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # anomalib numbers the components 1..N consecutively image after image (and torch.unique is slow on CPU)
         labels = connected_components_cpu(target[:, None].float().cpu())[:, 0]
+        last = labels.flatten(1).amax(1).tolist()
         regions, sats = [], []
-        for image_labels in labels:
-            ids = image_labels.unique()
-            region = image_labels[None] == ids[ids > 0][:, None, None]
+        first = 1
+        for image_labels, last_id in zip(labels, last, strict=True):
+            ids = torch.arange(first, max(first, last_id + 1), dtype=image_labels.dtype)
+            first = max(first, last_id + 1)
+            region = image_labels[None] == ids[:, None, None]
             regions.append(region)
             sats.append(region.sum((1, 2)).double() * self.saturation)
         return regions, sats
