@@ -176,6 +176,8 @@ class PniScorer(DynamicBufferMixin):
         use_position: Use the position term ``P``.
         projection_dim: Dimension of the random projection of the greedy coreset.
         seed: Coreset seed.
+        search: Masked search strategy, see :meth:`masked_nearest`.
+        sparse_density: Largest allowed-pair fraction for which ``search="auto"`` uses the sparse search.
     """
 
     def __init__(
@@ -196,8 +198,13 @@ class PniScorer(DynamicBufferMixin):
         use_position: bool = True,
         projection_dim: int = 128,
         seed: int = 0,
+        search: str = "auto",
+        sparse_density: float = 0.1,
     ) -> None:
         super().__init__()
+        if search not in {"auto", "sparse", "dense"}:
+            msg = f"search must be 'auto', 'sparse' or 'dense', got {search!r}."
+            raise ValueError(msg)
         if not 0.0 < coreset_ratio <= 1.0:
             msg = f"coreset_ratio must be in (0, 1], got {coreset_ratio}."
             raise ValueError(msg)
@@ -232,6 +239,9 @@ class PniScorer(DynamicBufferMixin):
         self.use_position = bool(use_position)
         self.projection_dim = int(projection_dim)
         self.seed = int(seed)
+        self.search = search
+        self.sparse_density = float(sparse_density)
+        self.last_density = float("nan")  # fraction of (patch, entry) pairs allowed in the last masked search
         self.mlp = NeighbourhoodMLP(
             (self.window**2 - 1) * self.mlp_channels, self.distribution_size, mlp_layers, mlp_width, mlp_dropout
         )
@@ -385,46 +395,69 @@ class PniScorer(DynamicBufferMixin):
         ]
         return torch.cat(probs)
 
-    def masked_nearest(self, patches: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def masked_nearest(self, patches: torch.Tensor, allowed: torch.Tensor, search: str | None = None) -> torch.Tensor:
         """Eq. (4): distance of each patch to the nearest embedding entry whose distribution class is allowed.
 
-        Only allowed (patch, entry) pairs are evaluated: allowed classes are expanded to their embedding members
-        through the CSR layout. Patches without any allowed entry fall back to the plain nearest neighbour.
+        ``search="sparse"`` evaluates only the allowed (patch, entry) pairs: allowed classes are expanded to their
+        embedding members through the CSR layout (``class_offsets`` / ``class_members``). ``search="dense"``
+        computes one distance GEMM against the coreset and masks it; on CPU a GEMM beats gathering rows unless few
+        pairs are allowed, so ``"auto"`` (default) picks sparse when at most ``sparse_density`` of all pairs are
+        allowed. Both give the same result. Patches without any allowed entry fall back to the plain nearest
+        neighbour.
 
         Args:
             patches: ``(P, D)`` features.
             allowed: ``(P, |C_dist|)`` bool mask ``T_tau(p(c | .))``.
+            search: ``"auto"``, ``"sparse"`` or ``"dense"``; the scorer's ``search`` when ``None``.
 
         Returns:
             ``(P,)`` distances.
         """
-        if patches.shape[0] > _NN_CHUNK:  # bound the (patch, class) index lists
+        search = self.search if search is None else search
+        if search not in {"auto", "sparse", "dense"}:
+            msg = f"search must be 'auto', 'sparse' or 'dense', got {search!r}."
+            raise ValueError(msg)
+        if patches.shape[0] > _NN_CHUNK:  # bound the (patch, class) index lists and distance blocks
             return torch.cat(
                 [
-                    self.masked_nearest(patches[s : s + _NN_CHUNK], allowed[s : s + _NN_CHUNK])
+                    self.masked_nearest(patches[s : s + _NN_CHUNK], allowed[s : s + _NN_CHUNK], search)
                     for s in range(0, patches.shape[0], _NN_CHUNK)
                 ]
             )
-        n_patches = patches.shape[0]
-        best = torch.full((n_patches,), float("inf"), device=patches.device)
-        patch_id, class_rank = allowed.nonzero(as_tuple=True)
-        members_per_pair = self.class_offsets[class_rank + 1] - self.class_offsets[class_rank]
-        pair_end = members_per_pair.cumsum(0)
-        n_pairs = int(pair_end[-1]) if pair_end.numel() else 0
-        # Walk the expanded (patch, entry) list in chunks without materialising it: pair k belongs to the
-        # (patch, class) item found by searchsorted on the cumulative member counts.
-        for start in range(0, n_pairs, _PAIR_CHUNK):
-            flat = torch.arange(start, min(start + _PAIR_CHUNK, n_pairs), device=patches.device)
-            item = torch.searchsorted(pair_end, flat, right=True)
-            within = flat - (pair_end[item] - members_per_pair[item])
-            entry = self.class_members[self.class_offsets[class_rank[item]] + within]
-            query = patch_id[item]
-            sq = (patches[query] - self.embedding_coreset[entry]).pow(2).sum(1)
-            best.scatter_reduce_(0, query, sq, reduce="amin")
+        members = self.class_offsets[1:] - self.class_offsets[:-1]  # embedding entries per class
+        n_pairs = int((allowed.float() @ members.float()).sum())
+        if search == "auto":
+            density = n_pairs / max(1, patches.shape[0] * self.embedding_coreset.shape[0])
+            search = "sparse" if density <= self.sparse_density else "dense"
+        self.last_density = n_pairs / max(1, patches.shape[0] * self.embedding_coreset.shape[0])
+        best = self._sparse_sq(patches, allowed, n_pairs) if search == "sparse" else self._dense_sq(patches, allowed)
         best = best.sqrt()
         missing = torch.isinf(best)
         if missing.any():
             best[missing] = nearest_neighbour(patches[missing], self.embedding_coreset)[0]
+        return best
+
+    def _dense_sq(self, patches: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        bank = self.embedding_coreset
+        sq = patches.pow(2).sum(1, keepdim=True) - 2 * patches @ bank.T + bank.pow(2).sum(1)
+        sq = sq.clamp_min(0).masked_fill(~allowed[:, self.emb_to_dist], float("inf"))
+        return sq.min(1).values
+
+    def _sparse_sq(self, patches: torch.Tensor, allowed: torch.Tensor, n_pairs: int) -> torch.Tensor:
+        best = torch.full((patches.shape[0],), float("inf"), device=patches.device)
+        patch_id, class_rank = allowed.nonzero(as_tuple=True)
+        members_per_item = self.class_offsets[class_rank + 1] - self.class_offsets[class_rank]
+        item_end = members_per_item.cumsum(0)
+        # Walk the expanded (patch, entry) list in chunks without materialising it: pair k belongs to the
+        # (patch, class) item found by searchsorted on the cumulative member counts.
+        for start in range(0, n_pairs, _PAIR_CHUNK):
+            flat = torch.arange(start, min(start + _PAIR_CHUNK, n_pairs), device=patches.device)
+            item = torch.searchsorted(item_end, flat, right=True)
+            within = flat - (item_end[item] - members_per_item[item])
+            entry = self.class_members[self.class_offsets[class_rank[item]] + within]
+            query = patch_id[item]
+            sq = (patches[query] - self.embedding_coreset[entry]).pow(2).sum(1)
+            best.scatter_reduce_(0, query, sq, reduce="amin")
         return best
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,323 @@
+"""Tests for the PNI model (tiny images, resnet18 without pretrained weights, few MLP steps)."""
+
+import itertools
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import ExportType, TorchInferencer
+from anomalib.engine import Engine
+
+from anomalib_pixelrefine.models.components import greedy_coreset
+from anomalib_pixelrefine.models.image.pni import Pni, PniModel, PniScorer, position_histogram, refinement_loss
+from anomalib_pixelrefine.models.image.pni import torch_model as pni_torch
+
+TINY = {
+    "backbone": "resnet18",
+    "pre_trained": False,
+    "coreset_ratio": 0.2,
+    "distribution_size": 32,
+    "window": 3,
+    "mlp_layers": 2,
+    "mlp_width": 32,
+    "mlp_channels": 16,
+    "mlp_epochs": 1,
+    "mlp_batch_size": 64,
+    "refine_epochs": 1,
+    "refine_channels": [8, 16],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The test box is shared; one intra-op thread is much faster than two contending ones.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def scorer() -> PniScorer:
+    return PniScorer(backbone="resnet18", pre_trained=False, coreset_ratio=0.25, distribution_size=12, window=3)
+
+
+def _fit_random(scorer: PniScorer, seed: int = 0, shape=(3, 5, 6)) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    n, h, w = shape
+    feats = torch.randn(n, scorer.feature_dim, h, w, generator=gen)
+    return feats, scorer.fit_memory(feats)
+
+
+# ---------------------------------------------------------------- histograms and targets
+def test_position_histogram_matches_loops_and_is_normalised():
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 5, (4, 6, 7), generator=gen)
+    hist = position_histogram(targets, n_classes=5, window=3)
+    assert hist.shape == (6 * 7, 5)
+    torch.testing.assert_close(hist.sum(1), torch.ones(42))
+    expected = torch.zeros(6, 7, 5)
+    for img, i, j in itertools.product(range(4), range(6), range(7)):
+        c = targets[img, i, j]
+        for a, b in itertools.product(range(i - 1, i + 2), range(j - 1, j + 2)):
+            if 0 <= a < 6 and 0 <= b < 7:
+                expected[a, b, c] += 1
+    expected = expected / expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(hist, expected.reshape(42, 5))
+
+
+def test_coresets_mapping_and_mlp_targets(scorer):
+    feats, targets = _fit_random(scorer)
+    patches = feats.permute(0, 2, 3, 1).reshape(-1, scorer.feature_dim)
+    n_emb = int(patches.shape[0] * 0.25)
+    order = greedy_coreset(patches, n_emb, projection_dim=scorer.projection_dim, seed=scorer.seed)
+    torch.testing.assert_close(scorer.embedding_coreset, patches[order])
+    assert scorer.n_dist == min(12, n_emb)
+    dist = patches[order[: scorer.n_dist]]  # the distribution coreset is the greedy prefix
+    # Targets: nearest distribution entry (rank) of every training patch.
+    torch.testing.assert_close(targets.reshape(-1), torch.cdist(patches, dist).argmin(1))
+    # Mapping embedding -> distribution rank; distribution entries map to themselves.
+    torch.testing.assert_close(scorer.emb_to_dist, torch.cdist(scorer.embedding_coreset, dist).argmin(1))
+    assert scorer.emb_to_dist[: scorer.n_dist].tolist() == list(range(scorer.n_dist))
+    # CSR layout lists every embedding row exactly once, grouped by class.
+    members = scorer.class_members.tolist()
+    assert sorted(members) == list(range(n_emb))
+    for rank in range(scorer.n_dist):
+        lo, hi = scorer.class_offsets[rank], scorer.class_offsets[rank + 1]
+        assert all(scorer.emb_to_dist[m] == rank for m in members[lo:hi])
+    # Position histogram of the fitted targets is normalised per position.
+    torch.testing.assert_close(scorer.position_hist.sum(1), torch.ones(5 * 6))
+
+
+def test_neighbourhood_inputs_exclude_centre():
+    feats = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    padded = torch.nn.functional.pad(feats, (1, 1, 1, 1))
+    inputs = pni_torch.neighbourhood_inputs(padded, torch.tensor([1]), torch.tensor([2]), torch.tensor([1]), 3)
+    window = feats[1, 0, 1:4, 0:3].reshape(-1)
+    expected = torch.cat([window[:4], window[5:]])
+    torch.testing.assert_close(inputs[0], expected)
+
+
+def test_mlp_loss_uses_target_of_centre(scorer):
+    feats, targets = _fit_random(scorer, seed=1)
+    padded = scorer.pad_for_mlp(feats)
+    index = torch.arange(targets.numel())
+    scorer.mlp.eval()
+    loss = scorer.mlp_loss(padded, targets, index)
+    n, h, w = targets.shape
+    rows = torch.arange(h).repeat_interleave(w).repeat(n)
+    cols = torch.arange(w).repeat(h * n)
+    imgs = torch.arange(n).repeat_interleave(h * w)
+    logits = scorer.mlp_logits(pni_torch.neighbourhood_inputs(padded, imgs, rows, cols, scorer.window))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, targets.reshape(-1)))
+    assert logits.shape[1] == scorer.n_dist
+
+
+# ---------------------------------------------------------------- masked nearest neighbour
+@pytest.mark.parametrize("search", ["sparse", "dense", "auto"])
+def test_masked_nearest_equals_brute_force(scorer, search, monkeypatch):
+    monkeypatch.setattr(pni_torch, "_PAIR_CHUNK", 37)  # exercise chunk boundaries of the pair walk
+    monkeypatch.setattr(pni_torch, "_NN_CHUNK", 50)
+    _fit_random(scorer, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    patches = torch.randn(120, scorer.feature_dim, generator=gen)
+    allowed = torch.rand(120, scorer.n_dist, generator=gen) < 0.2
+    allowed[:5] = False  # no allowed class: fallback to the plain nearest neighbour
+    got = scorer.masked_nearest(patches, allowed, search=search)
+    dist = torch.cdist(patches, scorer.embedding_coreset)
+    mask = allowed[:, scorer.emb_to_dist]
+    expected = dist.masked_fill(~mask, float("inf")).min(1).values
+    assert bool(torch.isinf(expected[:5]).all())
+    expected = torch.where(torch.isinf(expected), dist.min(1).values, expected)  # fallback rows
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # Restricting candidates can only increase the distance.
+    assert bool((got >= dist.min(1).values - 1e-4).all())
+
+
+def test_position_swap_scored_higher_by_p_than_by_plain_nn():
+    """Normal features in the wrong place: P catches them, a PatchCore-style nearest neighbour cannot."""
+    scorer = PniScorer(
+        backbone="resnet18",
+        pre_trained=False,
+        coreset_ratio=0.5,
+        distribution_size=16,
+        window=3,
+        use_neighbourhood=False,
+        use_position=True,
+    )
+    gen = torch.Generator().manual_seed(0)
+    dim = scorer.feature_dim
+    left, right = torch.randn(dim, generator=gen) * 3, torch.randn(dim, generator=gen) * 3
+
+    def images(n: int, swap: bool) -> torch.Tensor:
+        feats = torch.randn(n, dim, 8, 8, generator=gen) * 0.1
+        a, b = (right, left) if swap else (left, right)
+        feats[..., :4] += a[None, :, None, None]
+        feats[..., 4:] += b[None, :, None, None]
+        return feats
+
+    scorer.fit_memory(images(6, swap=False))
+    normal, swapped = images(2, swap=False), images(2, swap=True)
+    p_normal = scorer.patch_scores(normal).amax((1, 2, 3))
+    p_swapped = scorer.patch_scores(swapped).amax((1, 2, 3))
+    scorer.use_position = False  # plain nearest neighbour, as PatchCore
+    nn_normal = scorer.patch_scores(normal).amax((1, 2, 3))
+    nn_swapped = scorer.patch_scores(swapped).amax((1, 2, 3))
+    assert float(nn_swapped.max()) < 2 * float(nn_normal.max())  # NN sees nothing unusual
+    assert float(p_swapped.min()) > 5 * float(p_normal.max())  # P separates the swapped images
+    assert float(p_swapped.min()) > 5 * float(nn_swapped.max())
+
+
+# ---------------------------------------------------------------- model level
+def test_refinement_loss_values():
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., 1:3, 1:3] = 1
+    assert float(refinement_loss(target.clone(), target)) == 0.0
+    pred = torch.zeros_like(target)
+    # reg = 4/16; grad_h: 4 nonzero of 12, grad_w: 4 of 12
+    expected = 0.5 * 4 / 16 + 0.25 * (4 / 12 + 4 / 12)
+    assert float(refinement_loss(pred, target)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="shapes differ"):
+        refinement_loss(pred, target[..., :3])
+
+
+def _fit_model(model: PniModel, images: torch.Tensor) -> None:
+    normalised = model.normalise_image(images)
+    for scorer in model.scorers:
+        scorer.fit_memory(scorer.extract(normalised))
+        scorer.score_range = torch.tensor([0.5, 2.0])
+    model.eval()
+
+
+def test_ensemble_averages_normalised_maps_and_refine_blend():
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = PniModel(
+        backbones=["resnet18", "resnet10t"],
+        pre_trained=False,
+        coreset_ratio=0.5,
+        distribution_size=8,
+        window=3,
+        use_neighbourhood=False,
+        refine=True,
+        refine_channels=[4, 8],
+        refine_weight=0.25,
+    )
+    _fit_model(model, images)
+    test = torch.rand(2, 3, 32, 32)
+    out = model(test)
+    members = []
+    for scorer in model.scorers:
+        scores = scorer.patch_scores(scorer.extract(model.normalise_image(test)))
+        members.append(model.anomaly_map_generator((scores - 0.5) / 1.5, (32, 32)))
+    coarse = torch.stack(members).mean(0)
+    refined = model.refiner(model.normalise_image(test), coarse.clamp(0, 1))
+    torch.testing.assert_close(out.anomaly_map, 0.25 * refined + 0.75 * coarse, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.pred_score, coarse.flatten(1).amax(1))
+
+
+def test_refine_switch_off_gives_coarse_map():
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = PniModel(backbones=["resnet18"], pre_trained=False, coreset_ratio=0.5, window=3, refine=False)
+    _fit_model(model, images)
+    assert model.refiner is None
+    out = model(images[:2])
+    torch.testing.assert_close(out.anomaly_map, model.coarse_map(images[:2]))
+    with pytest.raises(RuntimeError, match="refine=False"):
+        model.refine_map(images[:2], out.anomaly_map)
+    assert Pni(refine=False, use_neighbourhood=False, pre_trained=False, backbone="resnet18").total_epochs == 1
+
+
+def test_synthetic_defects_equal_shares():
+    model = Pni(**TINY)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    defective, masks = model.synthetic_defects(images)
+    assert masks.shape == (8, 1, 32, 32)
+    assert bool((masks.flatten(1).sum(1) > 0).all())
+    changed = (defective - images).abs().amax(1, keepdim=True) > 0
+    assert bool((changed <= masks.bool()).all())  # pixels change only inside the mask
+    assert model._defect_counter == 8  # 8 images -> 2 per kind (round robin over 4 kinds)
+
+
+def test_weights_path(tmp_path):
+    source = PniScorer(backbone="resnet18", pre_trained=False)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.feature_extractor.feature_extractor.state_dict(), path)
+    loaded = PniScorer(backbone="resnet18", pre_trained=True, weights_path=str(path))
+    for a, b in zip(source.feature_extractor.parameters(), loaded.feature_extractor.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(FileNotFoundError, match="weights_path"):
+        PniScorer(backbone="resnet18", pre_trained=False, weights_path=str(tmp_path / "missing.pth"))
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="no tensor matching"):
+        PniScorer(backbone="resnet18", pre_trained=False, weights_path=str(tmp_path / "bad.pth"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mlp_epochs": 0}, "mlp_epochs >= 1"),
+        ({"refine_epochs": 0}, "refine_epochs >= 1"),
+        ({"window": 4}, "odd"),
+        ({"coreset_ratio": 0.0}, "coreset_ratio"),
+        ({"refine_weight": 1.5}, "refine_weight"),
+        ({"mlp_channels": 10_000}, "mlp_channels"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"backbones": ["resnet18", "resnet18"], "weights_path": "x.pth"}, "single backbone"),
+        ({"refine_channels": []}, "refine_channels"),
+        ({"mlp_batch_size": 1}, "mlp_batch_size"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Pni(**{**TINY, **kwargs})
+
+
+def test_bad_inputs(scorer):
+    model = PniModel(backbones=["resnet18"], pre_trained=False, coreset_ratio=0.5, window=3, refine=False)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 1, 32, 32))
+    _fit_model(model, torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="training feature map"):
+        model(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="fit_memory expects"):
+        scorer.fit_memory(torch.rand(2, 7, 4, 4))
+    with pytest.raises(ValueError, match="search must be"):
+        scorer.masked_nearest(torch.rand(1, scorer.feature_dim), torch.ones(1, scorer.n_dist, dtype=torch.bool), "x")
+
+
+# ---------------------------------------------------------------- Engine round trip
+def test_engine_fit_test_predict_checkpoint_export(tiny_mvtec_root, tmp_path, monkeypatch):
+    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    model = Pni(**TINY, pre_processor=Pni.configure_pre_processor((32, 32)))
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    engine.fit(model, datamodule=datamodule)
+    assert engine.trainer.current_epoch == model.total_epochs == 3
+    assert model.model.is_fitted
+    assert torch.isfinite(engine.trainer.callback_metrics["train_mlp_loss_epoch"])
+    assert torch.isfinite(engine.trainer.callback_metrics["train_refine_loss_epoch"])
+    lo, hi = model.model.scorers[0].score_range
+    assert float(hi) > float(lo)
+    results = engine.test(model, datamodule=datamodule)
+    assert 0.0 <= results[0]["pixel_AUROC"] <= 1.0
+    predictions = engine.predict(model, datamodule=datamodule)
+    assert predictions[0].anomaly_map.shape[-2:] == (32, 32)
+
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        reference = model(image)
+    checkpoint = tmp_path / "pni.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    restored = Pni.load_from_checkpoint(checkpoint, weights_only=True).eval()
+    with torch.no_grad():
+        again = restored(image)
+    torch.testing.assert_close(again.anomaly_map, reference.anomaly_map)
+    torch.testing.assert_close(again.pred_score, reference.pred_score)
+
+    exported = engine.export(model, ExportType.TORCH, export_root=tmp_path)
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # our own freshly exported file
+    inferencer = TorchInferencer(path=exported, device="cpu")
+    prediction = inferencer.predict(image[:1])
+    torch.testing.assert_close(prediction.anomaly_map.reshape(-1), reference.anomaly_map[:1].reshape(-1))
