@@ -369,3 +369,16 @@ def test_spro_metric_mvtec_loco_defects_config(tmp_path: Path) -> None:
         SPRO(defects_config=[{"pixel_value": 1}])
     with pytest.raises(FileNotFoundError, match="defects_config file not found"):
         SPRO(defects_config=tmp_path / "nope.json")
+
+
+def test_forward_and_channel_dim() -> None:
+    scores, masks = _random_case(10, n=4)
+    best = BestDice()
+    first = best(_batch(anomaly_map=scores[:2], gt_mask=masks[:2]))  # forward: value of this batch only
+    assert first.item() == pytest.approx(best_threshold_dice(scores[:2], masks[:2])[0].item(), abs=2e-3)
+    best(_batch(anomaly_map=scores[2:], gt_mask=masks[2:]))
+    assert best.compute().item() == pytest.approx(best_threshold_dice(scores, masks)[0].item(), abs=2e-3)
+    # (B, 1, H, W) predictions against (B, H, W) ground truth are accepted
+    dice = Dice()
+    dice.update(SimpleNamespace(pred_mask=(scores > 0.5)[:, None], gt_mask=masks))
+    assert dice.compute().item() == pytest.approx(dice_score(scores > 0.5, masks).item(), abs=1e-6)
