@@ -121,7 +121,10 @@ class PixelRefineCLI(AnomalibCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
         import sys
 
-        super().__init__(args=translate_post_processor_args(sys.argv[1:] if args is None else args), run=run)
+        from anomalib_pixelrefine.benchmark import pixelrefine_pipelines
+
+        with pixelrefine_pipelines():  # ``benchmark`` = our pipeline; anomalib's registry is restored afterwards
+            super().__init__(args=translate_post_processor_args(sys.argv[1:] if args is None else args), run=run)
 
     @staticmethod
     def init_parser(**kwargs: Any) -> ArgumentParser:
@@ -156,7 +159,10 @@ class PixelRefineCLI(AnomalibCLI):
 
             run_demo(**_plain_kwargs(self.config["demo"]))
             return
-        super()._run_subcommand()
+        from anomalib_pixelrefine.benchmark import pixelrefine_pipelines
+
+        with pixelrefine_pipelines():
+            super()._run_subcommand()
 
 
 def _plain_kwargs(config: Any) -> dict[str, Any]:

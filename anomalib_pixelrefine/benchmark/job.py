@@ -500,6 +500,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
                 default_root_dir=temp_dir,
                 logger=False,
                 enable_progress_bar=False,
+                enable_model_summary=False,
                 callbacks=[collector],
                 **engine_args,
             )
@@ -507,7 +508,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             engine.fit(model=model, datamodule=datamodule)
             row["train_s"] = time.perf_counter() - start
             start = time.perf_counter()
-            results = engine.test(model=model, datamodule=datamodule)
+            results = engine.test(model=model, datamodule=datamodule, verbose=False)
             row["test_s"] = time.perf_counter() - start
         values = results[0] if results else {}
         for column, metric in metrics.items():

@@ -28,7 +28,7 @@ from anomalib.pipelines.benchmark import Benchmark
 from anomalib.pipelines.components.base import JobGenerator, Runner
 from anomalib.pipelines.components.runners import ParallelRunner, SerialRunner
 from anomalib.pipelines.types import GATHERED_RESULTS, PREV_STAGE_RESULT
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from .config import BenchmarkConfigError, expand_grid, load_config
 from .job import PixelRefineBenchmarkJob, build_default_data
@@ -150,7 +150,9 @@ class PixelRefineBenchmark(Benchmark):
         if parser is None:
             parser = ArgumentParser(description="Benchmark models x post-processors x data sets x seeds.")
         parser.add_argument("--config", type=str | None, default=None, help="YAML file, or a profile: quick, full.")
-        parser.add_argument("--quick", type=bool, default=False, help="Use the quick profile (<= 15 min, 2 cores).")
+        parser.add_argument(
+            "--quick", action=ActionYesNo, default=False, help="Use the quick profile (<= 15 min on 2 CPU cores)."
+        )
         parser.add_argument("--output_dir", type=str | None, default=None, help="Override the output folder.")
         return parser
 
@@ -193,7 +195,12 @@ class PixelRefineBenchmark(Benchmark):
         Returns:
             The results of the last runner (a DataFrame, one row per job).
         """
-        pipeline_args = self._get_args({"config": config} if config is not None else args)
+        try:
+            pipeline_args = self._get_args({"config": config} if config is not None else args)
+        except BenchmarkConfigError as error:
+            if isinstance(args, Namespace):  # command line: a one-line error instead of a traceback
+                raise SystemExit(f"pixelrefine benchmark: error: {error}") from None
+            raise
         start = time.perf_counter()
         argv = [Path(sys.argv[0]).name, *sys.argv[1:]]
         metadata = {

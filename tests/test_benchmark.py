@@ -1,0 +1,219 @@
+"""Benchmark suite: a real 1-job run, grid expansion, configuration errors, CLI registration, plots."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from anomalib.cli import pipelines as anomalib_pipelines
+from anomalib.pipelines import Benchmark
+
+from anomalib_pixelrefine.benchmark import (
+    FULL_PROFILE,
+    QUICK_PROFILE,
+    BenchmarkConfigError,
+    PixelRefineBenchmark,
+    PixelRefineBenchmarkJob,
+    PixelRefineBenchmarkJobGenerator,
+    expand_grid,
+    load_config,
+    pixelrefine_pipelines,
+    plot_dice_vs_size,
+    run_benchmark,
+)
+from anomalib_pixelrefine.benchmark.report import TABLE_COLUMNS
+
+TINY_CATEGORY = "gravel"  # see conftest.py
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mvtec(root: Path, category: str = TINY_CATEGORY) -> dict:
+    return {
+        "class_path": "MVTecAD",
+        "init_args": {
+            "root": str(root),
+            "category": category,
+            "num_workers": 0,
+            "train_batch_size": 4,
+            "eval_batch_size": 4,
+        },
+    }
+
+
+PADIM = {
+    "class_path": "Padim",
+    "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]},
+}
+
+
+def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = {
+        "isolation": "none",
+        "output_dir": str(out),
+        "image_size": 64,
+        "qualitative_samples": 2,
+        "benchmark": {"seed": 0, "model": PADIM, "data": _mvtec(tiny_mvtec_root), "engine": {"max_epochs": 1}},
+    }
+    frame = run_benchmark(config)
+
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert row["status"] == "ok", row["reason"]
+    assert (row["dataset"], row["model"], row["post_processor"], row["seed"]) == (
+        "MVTecAD/gravel",
+        "Padim",
+        "default",
+        0,
+    )
+    for column in ("image_auroc", "pixel_auroc", "aupro", "best_dice", "best_iou", "dice", "iou"):
+        assert 0.0 <= row[column] <= 1.0, column
+    assert row["best_dice"] >= row["dice"] - 1e-6  # the best threshold is at least as good as the model's
+    assert row["n_test"] > 0
+    assert row["train_s"] > 0
+    assert row["infer_ms_per_image"] > 0
+    assert row["peak_rss_mb"] >= row["rss_start_mb"] > 0
+
+    table = pd.read_csv(out / "results.csv")
+    assert set(TABLE_COLUMNS) <= set(table.columns)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"][0]["job_id"] == row["job_id"]
+    assert saved["metadata"]["wall_time_s"] > 0
+    markdown = (out / "results.md").read_text()
+    assert "| dataset | model | post_processor | seed | image_auroc |" in markdown
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert len(per_image) == row["n_test"]
+    defective = per_image[per_image["area_fraction"] > 0]
+    assert len(defective) > 0
+    assert defective["dice"].between(0, 1).all()
+    pngs = [
+        out / "plots" / "bars_MVTecAD_gravel.png",
+        out / "plots" / "dice_vs_size.png",
+        out / row["qualitative_png"],
+    ]
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC, png
+
+
+def test_grid_expands_to_the_cartesian_product(tiny_mvtec_root: Path) -> None:
+    benchmark = {
+        "seed": {"grid": [0, 1]},
+        "model": {"grid": [PADIM, {"class_path": "Patchcore"}]},
+        "post_processor": {"grid": ["default", "f2pad"]},
+        "data": {"grid": [_mvtec(tiny_mvtec_root), _mvtec(tiny_mvtec_root, "other")]},
+        "engine": {"max_epochs": 1},
+    }
+    config = load_config({"benchmark": benchmark})
+    generator = PixelRefineBenchmarkJobGenerator("cpu", config)
+    jobs = list(generator.generate_jobs(config["benchmark"]))
+    assert len(jobs) == 16
+    labels = {tuple(job.labels.values()) for job in jobs}
+    assert len(labels) == 16
+    assert {label[1] for label in labels} == {"Padim", "Patchcore"}
+    assert {label[2] for label in labels} == {"default", "f2pad"}
+    assert {label[0] for label in labels} == {"MVTecAD/gravel", "MVTecAD/other"}
+    assert {label[3] for label in labels} == {0, 1}
+    assert len({job.job_id for job in jobs}) == 16
+    # a nested grid inside init_args (anomalib's style) is expanded too
+    nested = {"model": PADIM, "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["a", "b", "c"]}}}}
+    assert [job["data"]["init_args"]["category"] for job in expand_grid(nested)] == ["a", "b", "c"]
+
+
+def test_profiles_are_valid_and_match_the_yaml_files() -> None:
+    for name, profile in (("quick", QUICK_PROFILE), ("full", FULL_PROFILE)):
+        from_file = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{name}.yaml").read_text())
+        assert from_file == profile, f"benchmarks/configs/{name}.yaml differs from the {name} profile"
+        assert load_config(name) == load_config(str(REPO / "benchmarks" / "configs" / f"{name}.yaml"))
+    quick = load_config(quick=True)
+    jobs = list(expand_grid(quick["benchmark"]))
+    assert {job["model"]["class_path"] for job in jobs} >= {"Padim", "Patchcore"}  # the peers are always in
+    assert {job["model"]["class_path"] for job in expand_grid(FULL_PROFILE["benchmark"])} >= {"Cflow"}
+    # a config file given with --quick overrides the profile's values
+    assert load_config({"output_dir": "x"}, quick=True)["output_dir"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"benchmark": {"model": PADIM}}, "'benchmark.data' is missing"),
+        ({"model": PADIM}, "Unknown top-level benchmark keys ['model']"),
+        ({"benchmark": {"model": PADIM, "data": "default", "epochs": 1}}, "Unknown keys in 'benchmark': ['epochs']"),
+        ({"benchmark": {"model": {"grid": []}, "data": "default"}}, "'benchmark.model.grid' is empty"),
+        ({"benchmark": {"model": {"init_args": {}}, "data": "default"}}, "needs a 'class_path'"),
+        ({"benchmark": {"model": PADIM, "data": "default", "seed": "x"}}, "'benchmark.seed' values must be integers"),
+        ({"isolation": "thread", "benchmark": {"model": PADIM, "data": "default"}}, "'isolation' must be one of"),
+        ({"accelerator": "tpu", "benchmark": {"model": PADIM, "data": "default"}}, "Unsupported accelerator 'tpu'"),
+        ({"n_jobs": 0, "benchmark": {"model": PADIM, "data": "default"}}, "'n_jobs' must be a positive integer"),
+        ({"image_size": 4, "benchmark": {"model": PADIM, "data": "default"}}, "'image_size' must be an integer >= 8"),
+    ],
+)
+def test_bad_configuration_names_the_problem(config: dict, message: str) -> None:
+    with pytest.raises(BenchmarkConfigError) as error:
+        load_config(config)
+    assert message in str(error.value)
+
+
+def test_bad_configuration_files(tmp_path: Path) -> None:
+    with pytest.raises(BenchmarkConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(BenchmarkConfigError, match="must be a mapping"):
+        load_config(listing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("benchmark: [unclosed\n")
+    with pytest.raises(BenchmarkConfigError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(BenchmarkConfigError, match="--quick"):
+        load_config(None)
+
+
+def test_missing_model_is_skipped_and_unknown_names_fail_the_job_only(tiny_mvtec_root: Path) -> None:
+    def run(model: object, post_processor: str = "default", data: object = None) -> dict:
+        data = data or _mvtec(tiny_mvtec_root)
+        job_config = {"model": model, "post_processor": post_processor, "data": data, "engine": {}}
+        return PixelRefineBenchmarkJob("cpu", 0, job_config).run()
+
+    row = run({"class_path": "anomalib_pixelrefine.models.image.nothere.NotThere"})
+    assert row["status"] == "skipped"
+    assert "nothere" in row["reason"]
+    row = run({"class_path": "NoSuchModel"})
+    assert row["status"] == "failed"
+    assert "Unknown model 'NoSuchModel'" in row["reason"]
+    row = run(PADIM, post_processor="nosuch")
+    assert row["status"] == "failed"
+    assert "Unknown post-processor 'nosuch'" in row["reason"]
+    row = run(PADIM, data={"class_path": "NoSuchData"})
+    assert "Unknown data set 'NoSuchData'" in row["reason"]
+
+
+def test_cli_benchmark_command_uses_our_pipeline_and_keeps_anomalibs(tmp_path: Path) -> None:
+    from anomalib_pixelrefine.cli import PixelRefineCLI
+
+    with pixelrefine_pipelines():
+        assert anomalib_pipelines.PIPELINE_REGISTRY["benchmark"] is PixelRefineBenchmark
+    assert anomalib_pipelines.PIPELINE_REGISTRY["benchmark"] is Benchmark
+
+    cli = PixelRefineCLI(["benchmark", "--quick", "--output_dir", str(tmp_path)], run=False)
+    assert cli.config["benchmark"]["quick"] is True
+    assert anomalib_pipelines.PIPELINE_REGISTRY["benchmark"] is Benchmark
+    with pytest.raises(SystemExit, match="pixelrefine benchmark: error: Benchmark configuration file not found"):
+        PixelRefineCLI(["benchmark", "--config", str(tmp_path / "missing.yaml")])
+    assert anomalib_pipelines.PIPELINE_REGISTRY["benchmark"] is Benchmark
+
+
+def test_dice_vs_size_bins_by_area(tmp_path: Path) -> None:
+    per_image = pd.DataFrame(
+        {
+            "model": ["A"] * 4,
+            "post_processor": ["default"] * 4,
+            "area_fraction": [0.0, 0.003, 0.004, 0.2],
+            "dice": [float("nan"), 0.2, 0.4, 0.9],
+        }
+    )
+    path = plot_dice_vs_size(per_image, tmp_path / "size.png")
+    assert path is not None
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert plot_dice_vs_size(per_image.iloc[:1], tmp_path / "none.png") is None  # only a normal image
