@@ -116,6 +116,12 @@ def test_grid_expands_to_the_cartesian_product(tiny_mvtec_root: Path) -> None:
     assert {label[0] for label in labels} == {"MVTecAD/gravel", "MVTecAD/other"}
     assert {label[3] for label in labels} == {0, 1}
     assert len({job.job_id for job in jobs}) == 16
+    # ``exclude`` drops the grid points matching all given labels
+    config["exclude"] = [{"model": "patchcore", "post_processor": "f2pad"}, {"dataset": "MVTecAD/other", "seed": 1}]
+    kept = {tuple(job.labels.values()) for job in PixelRefineBenchmarkJobGenerator("cpu", config)(config["benchmark"])}
+    assert len(kept) == 16 - 4 - 4 + 1
+    assert not any(label[1:3] == ("Patchcore", "f2pad") for label in kept)
+    assert not any(label[0] == "MVTecAD/other" and label[3] == 1 for label in kept)
     # a nested grid inside init_args (anomalib's style) is expanded too
     nested = {"model": PADIM, "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["a", "b", "c"]}}}}
     assert [job["data"]["init_args"]["category"] for job in expand_grid(nested)] == ["a", "b", "c"]
@@ -147,6 +153,8 @@ def test_profiles_are_valid_and_match_the_yaml_files() -> None:
         ({"accelerator": "tpu", "benchmark": {"model": PADIM, "data": "default"}}, "Unsupported accelerator 'tpu'"),
         ({"n_jobs": 0, "benchmark": {"model": PADIM, "data": "default"}}, "'n_jobs' must be a positive integer"),
         ({"image_size": 4, "benchmark": {"model": PADIM, "data": "default"}}, "'image_size' must be an integer >= 8"),
+        ({"exclude": [{"modell": "Pae"}], "benchmark": {"model": PADIM, "data": "default"}}, "['modell'] in 'exclude'"),
+        ({"exclude": {"model": "Pae"}, "benchmark": {"model": PADIM, "data": "default"}}, "'exclude' must be a list"),
     ],
 )
 def test_bad_configuration_names_the_problem(config: dict, message: str) -> None:

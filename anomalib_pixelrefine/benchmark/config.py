@@ -21,6 +21,8 @@ additions, all optional::
         class_path: default
         init_args: {category: {grid: [gravel, brick]}, image_size: 64}
       engine: {max_epochs: 1}   # anomalib Engine arguments for every job
+    exclude:                    # grid points not to run: every given label must match (labels as in the tables)
+      - {model: Pae, post_processor: f2pad}
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ _TOP_LEVEL_KEYS = {
     "image_size",
     "qualitative_samples",
     "plots",
+    "exclude",
     "benchmark",
 }
+_EXCLUDE_KEYS = {"dataset", "model", "post_processor", "seed"}
 _BENCHMARK_KEYS = {"seed", "model", "post_processor", "data", "engine"}
 _ISOLATION = {"process", "none"}
 _ACCELERATORS = {"cpu", "cuda"}
@@ -279,6 +283,14 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         msg = f"'image_size' must be an integer >= 8 (or null for each model's default), got {image_size!r}."
         raise BenchmarkConfigError(msg)
+    exclude = config.setdefault("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(item, dict) and item for item in exclude):
+        msg = f"'exclude' must be a list of non-empty mappings ({{model: Pae, post_processor: f2pad}}), got {exclude!r}"
+        raise BenchmarkConfigError(msg)
+    for item in exclude:
+        if set(item) - _EXCLUDE_KEYS:
+            msg = f"Unknown keys {sorted(set(item) - _EXCLUDE_KEYS)} in 'exclude'; allowed: {sorted(_EXCLUDE_KEYS)}."
+            raise BenchmarkConfigError(msg)
     config.setdefault("output_dir", "benchmarks/results/latest")
     config.setdefault("qualitative_samples", 3)
     config.setdefault("plots", True)

@@ -31,7 +31,7 @@ from anomalib.pipelines.types import GATHERED_RESULTS, PREV_STAGE_RESULT
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from .config import BenchmarkConfigError, expand_grid, load_config
-from .job import PixelRefineBenchmarkJob, build_default_data
+from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
             threads = max(1, (os.cpu_count() or 1) // self.settings["n_jobs"])
         for container in expand_grid(args or {}):
             data = container["data"]
-            if isinstance(data, dict) and str(data.get("class_path", "")).lower() in {"default", "pixelrefine"}:
+            if isinstance(data, dict) and str(data.get("class_path", "")).lower() in DEFAULT_DATA:
                 with contextlib.suppress(Exception):  # a bad/missing category is reported by the job itself
                     build_default_data(data.get("init_args") or {})
             job = PixelRefineBenchmarkJob(
@@ -104,8 +104,18 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
                 qualitative_samples=int(self.settings.get("qualitative_samples", 3)),
                 num_threads=threads,
             )
+            if self._excluded(job):
+                logger.info("Excluded by the configuration: %s", job.job_id)
+                continue
             self.jobs.append(job)
             yield job
+
+    def _excluded(self, job: PixelRefineBenchmarkJob) -> bool:
+        labels = {key: str(value).lower() for key, value in job.labels.items()}
+        return any(
+            all(labels.get(key) == str(value).lower() for key, value in rule.items())
+            for rule in self.settings.get("exclude") or []
+        )
 
 
 class FreshProcessRunner(ParallelRunner):
