@@ -1,0 +1,218 @@
+"""PNI ablation (baseline / +N / +N+P / +N+P+R) vs anomalib's PatchCore on the embedded default benchmark.
+
+Same backbone (resnet18, random weights: ``pre_trained=False``, no downloads), layers 2+3, resolution and coreset
+ratio for both models. One PNI model is trained per category (coresets, MLP, histograms, refinement); the four
+ablation rows evaluate it with the components switched on one by one (``use_neighbourhood``, ``use_position``,
+refinement), so the rows differ only in the scoring. Each (model, category) runs in its own subprocess so that the
+peak RSS is per run. Metrics are computed on the raw maps of the whole test split: image AUROC, pixel AUROC, AUPRO
+(FPR <= 0.3) and the best-threshold Dice.
+
+Usage:
+    python benchmarks/pni_benchmark.py [--image-size 128] [--categories gravel elpv] [--threads 1]
+
+Writes benchmarks/results/pni.{json,md}.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ABLATIONS = {
+    "pni (no N/P/R)": {"use_neighbourhood": False, "use_position": False, "refine": False},
+    "pni +N": {"use_neighbourhood": True, "use_position": False, "refine": False},
+    "pni +N+P": {"use_neighbourhood": True, "use_position": True, "refine": False},
+    "pni +N+P+R": {"use_neighbourhood": True, "use_position": True, "refine": True},
+}
+
+
+def evaluate(predict, datamodule) -> dict:
+    """Collect raw maps over the test split, time the model, compute the metrics."""
+    import torch
+    from anomalib.metrics.aupro import _AUPRO
+    from sklearn.metrics import roc_auc_score
+
+    from anomalib_pixelrefine.metrics import best_threshold_dice
+
+    maps, scores, masks, labels = [], [], [], []
+    seconds, count = 0.0, 0
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            start = time.perf_counter()
+            out = predict(batch.image)
+            seconds += time.perf_counter() - start
+            count += len(batch.image)
+            maps.append(out.anomaly_map.reshape(len(batch.image), *batch.image.shape[-2:]).float())
+            scores.append(out.pred_score.reshape(-1).float())
+            masks.append(batch.gt_mask.reshape(len(batch.image), *batch.image.shape[-2:]).int())
+            labels.append(batch.gt_label.reshape(-1).int())
+    maps, scores, masks, labels = torch.cat(maps), torch.cat(scores), torch.cat(masks), torch.cat(labels)
+    aupro = _AUPRO(fpr_limit=0.3)
+    aupro.update(maps, masks)
+    return {
+        "image_AUROC": float(roc_auc_score(labels.numpy(), scores.numpy())),
+        "pixel_AUROC": float(roc_auc_score(masks.reshape(-1).numpy(), maps.reshape(-1).numpy())),
+        "AUPRO": float(aupro.compute()),
+        "best_Dice": float(best_threshold_dice(maps, masks)[0]),
+        "inference_ms_per_image": 1000 * seconds / max(count, 1),
+    }
+
+
+def run_worker(args: argparse.Namespace) -> list[dict]:
+    """Train one model on one category in this process and evaluate it (all ablations for PNI)."""
+    import torch
+    from anomalib.engine import Engine
+    from anomalib.models import Patchcore
+    from lightning.pytorch import seed_everything
+
+    from anomalib_pixelrefine.data import build_default_benchmark, default_datamodule
+    from anomalib_pixelrefine.models.image.pni import Pni
+
+    torch.set_num_threads(args.threads)
+    paths = build_default_benchmark(args.root, categories=[args.category], image_size=args.image_size)
+    seed_everything(0)
+    size = (args.image_size, args.image_size)
+    datamodule = default_datamodule(paths[args.category], train_batch_size=8, eval_batch_size=8, seed=0)
+    datamodule.setup()
+    engine = Engine(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=Path(args.root) / "_pni_results",
+        logger=False,
+        enable_progress_bar=False,
+    )
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.model == "patchcore":
+        model = Patchcore(
+            backbone="resnet18",
+            pre_trained=False,
+            coreset_sampling_ratio=args.coreset_ratio,
+            pre_processor=Patchcore.configure_pre_processor(image_size=size),
+            visualizer=False,
+        )
+    else:
+        model = Pni(
+            backbone="resnet18",
+            pre_trained=False,
+            coreset_ratio=args.coreset_ratio,
+            distribution_size=args.distribution_size,
+            window=args.window,
+            mlp_layers=args.mlp_layers,
+            mlp_width=args.mlp_width,
+            mlp_channels=args.mlp_channels,
+            mlp_epochs=args.mlp_epochs,
+            mlp_batch_size=args.mlp_batch_size,
+            mlp_step_size=max(1, args.mlp_epochs * 2 // 3),
+            refine_epochs=args.refine_epochs,
+            pre_processor=Pni.configure_pre_processor(size),
+            visualizer=False,
+        )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model.eval()
+    common = {
+        "category": args.category,
+        "fit_seconds": fit_seconds,
+        "train_peak_rss_mb": peak_rss,
+        "rss_before_fit_mb": rss_before,
+    }
+    if args.model == "patchcore":
+        metrics = evaluate(lambda image: model.model(model.pre_processor.transform(image)), datamodule)
+        return [{"config": "patchcore (anomalib)", **common, **metrics}]
+
+    rows = []
+    refiner = model.model.refiner
+    for name, switches in ABLATIONS.items():
+        for scorer in model.model.scorers:
+            scorer.use_neighbourhood = switches["use_neighbourhood"]
+            scorer.use_position = switches["use_position"]
+        model.model.refiner = refiner if switches["refine"] else None
+        metrics = evaluate(lambda image: model.model(model.pre_processor.transform(image)), datamodule)
+        density = model.model.scorers[0].last_density
+        rows.append({"config": name, **common, **metrics, "allowed_pair_fraction": density})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="/tmp/pni_benchmark_data")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--categories", nargs="+", default=["gravel", "elpv"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same for both models)")
+    parser.add_argument("--coreset-ratio", type=float, default=0.1)
+    parser.add_argument("--distribution-size", type=int, default=256)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--mlp-layers", type=int, default=3)
+    parser.add_argument("--mlp-width", type=int, default=512)
+    parser.add_argument("--mlp-channels", type=int, default=64)
+    parser.add_argument("--mlp-epochs", type=int, default=8)
+    parser.add_argument("--mlp-batch-size", type=int, default=256)
+    parser.add_argument("--refine-epochs", type=int, default=15)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pni"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--category", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(run_worker(args)))
+        return
+
+    settings = {k: v for k, v in vars(args).items() if k not in {"worker", "model", "category", "out", "root"}}
+    rows = []
+    total_start = time.perf_counter()
+    for category in args.categories:
+        for model in ("patchcore", "pni"):
+            cmd = [sys.executable, __file__, "--worker", "--model", model, "--category", category]
+            for key, value in settings.items():
+                if key != "categories":
+                    cmd += [f"--{key.replace('_', '-')}", str(value)]
+            cmd += ["--root", args.root]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if not lines:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                msg = f"run {model}/{category} failed"
+                raise RuntimeError(msg)
+            for row in json.loads(lines[-1][len("RESULT ") :]):
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    settings["total_minutes"] = (time.perf_counter() - total_start) / 60
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"settings": settings, "runs": rows}, indent=2))
+    out.with_suffix(".md").write_text(to_markdown(settings, rows))
+    print(out.with_suffix(".md").read_text())
+
+
+def to_markdown(settings: dict, rows: list[dict]) -> str:
+    """One table per category plus the mean over categories."""
+    keys = ["image_AUROC", "pixel_AUROC", "AUPRO", "best_Dice"]
+    lines = [f"Settings: {json.dumps(settings)}", ""]
+    header = "| category | config | I-AUROC | P-AUROC | AUPRO | best Dice | infer ms/img | fit s | train peak RSS MB |"
+    lines += [header, "|" + "---|" * 9]
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    for category in [*categories, "mean"]:
+        for config in configs:
+            runs = [r for r in rows if r["config"] == config and (category == "mean" or r["category"] == category)]
+            if not runs:
+                continue
+
+            def mean(key: str, runs: list[dict] = runs) -> float:
+                return sum(r[key] for r in runs) / len(runs)
+
+            cells = " | ".join(f"{mean(k):.3f}" for k in keys)
+            lines.append(
+                f"| {category} | {config} | {cells} | {mean('inference_ms_per_image'):.1f} | {mean('fit_seconds'):.0f}"
+                f" | {max(r['train_peak_rss_mb'] for r in runs):.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
