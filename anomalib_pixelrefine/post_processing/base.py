@@ -293,6 +293,7 @@ class RefiningPostProcessor(PostProcessor):
                 "(Engine.fit), or load a checkpoint saved with it."
             )
             raise RuntimeError(msg)
+        input_shape = host_maps.shape
         if host_maps.dim() == 3:
             host_maps = host_maps.unsqueeze(1)
         with torch.inference_mode(False), torch.enable_grad():
@@ -309,7 +310,9 @@ class RefiningPostProcessor(PostProcessor):
                 )
             finally:
                 host_model.train(was_training)
-        return refined.detach()
+        if refined.shape[-2:] != input_shape[-2:]:
+            refined = F.interpolate(refined, size=input_shape[-2:], mode="bilinear", align_corners=False)
+        return refined.detach().reshape(input_shape)
 
     def binarise(self, refined: torch.Tensor) -> torch.Tensor:
         """Binary mask from raw refined maps: calibrated (or ``mask_threshold``) threshold, then opening."""
@@ -318,7 +321,7 @@ class RefiningPostProcessor(PostProcessor):
         mask = (refined > threshold.to(refined)).float()
         if self.opening_size > 1:
             kernel = torch.ones(self.opening_size, self.opening_size, device=mask.device)
-            mask = opening(mask, kernel)
+            mask = opening(mask.unsqueeze(1), kernel).squeeze(1) if mask.dim() == 3 else opening(mask, kernel)
         return mask > 0.5
 
     def finalise(self, pred_score: torch.Tensor | None, refined: torch.Tensor | None) -> InferenceBatch:

@@ -12,7 +12,6 @@ offline) or a PAE deep prior. The refined anomaly map is ``||x - n||`` (channel 
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -63,12 +62,15 @@ def crop_boxes(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tenso
     x1 = torch.where(cols, idx_w, -1).amax(1) + 1 + context
     align_h = align if h % align == 0 else 1
     align_w = align if w % align == 0 else 1
-    crop_h = min(h, math.ceil(int((y1 - y0).max()) / align_h) * align_h)
-    crop_w = min(w, math.ceil(int((x1 - x0).max()) / align_w) * align_w)
-    cy = (y0 + y1) // 2 - crop_h // 2
-    cx = (x0 + x1) // 2 - crop_w // 2
-    cy = (cy.clamp(0, h - crop_h) // align_h) * align_h
-    cx = (cx.clamp(0, w - crop_w) // align_w) * align_w
+    # Aligned extents (crop offsets stay multiples of the feature strides), one common size, shifted inside the image.
+    y0 = torch.div(y0.clamp_min(0), align_h, rounding_mode="floor") * align_h
+    x0 = torch.div(x0.clamp_min(0), align_w, rounding_mode="floor") * align_w
+    y1 = torch.div(y1.clamp_max(h) + align_h - 1, align_h, rounding_mode="floor") * align_h
+    x1 = torch.div(x1.clamp_max(w) + align_w - 1, align_w, rounding_mode="floor") * align_w
+    crop_h = min(h, int((y1 - y0).max()))
+    crop_w = min(w, int((x1 - x0).max()))
+    cy = y0.clamp(0, h - crop_h)
+    cx = x0.clamp(0, w - crop_w)
     return torch.stack([cy, cx], 1), (crop_h, crop_w)
 
 

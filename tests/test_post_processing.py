@@ -1,0 +1,354 @@
+"""Tests of the refining post-processors (F2PAD, PaedidRefiner) and the differentiable scorers."""
+
+from pathlib import Path
+
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+from anomalib.data import MVTecAD
+from anomalib.deploy import ExportType, TorchInferencer
+from anomalib.engine import Engine
+from anomalib.models import Padim, Patchcore
+from anomalib.models.image.padim.torch_model import PadimModel
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from torch import nn
+
+from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner, get_scorer, register_scorer
+from anomalib_pixelrefine.post_processing.f2pad import crop_boxes, gather_crops, scatter_crops
+from anomalib_pixelrefine.post_processing.optim import (
+    PixelAdan,
+    bilateral_weights,
+    log_sparsity,
+    mog_prior,
+    range_penalty,
+    share_gradients,
+    total_variation,
+)
+from anomalib_pixelrefine.post_processing.scorers import FeatureScorer, available_scorers
+
+MEAN = torch.tensor([0.485, 0.456, 0.406])
+STD = torch.tensor([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One intra-op thread: on the shared, oversubscribed 2-core box, 2 OpenMP threads are ~50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _texture_tiles(n: int, size: int, seed: int) -> torch.Tensor:
+    """Random ``size`` px tiles of skimage's brick texture (grey -> 3 channels), in [0, 1]."""
+    tex = torch.from_numpy(skimage.data.brick()).float().div(255)[None].repeat(3, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    ys = torch.randint(0, tex.shape[1] - 2 * size, (n,), generator=gen).tolist()
+    xs = torch.randint(0, tex.shape[2] - 2 * size, (n,), generator=gen).tolist()
+    tiles = torch.stack([tex[:, y : y + 2 * size, x : x + 2 * size] for y, x in zip(ys, xs, strict=True)])
+    return F.interpolate(tiles, size=(size, size), mode="bilinear", antialias=True)
+
+
+def _fit_patchcore(train: torch.Tensor, layers: list[str]) -> PatchcoreModel:
+    torch.manual_seed(0)
+    model = PatchcoreModel(layers=layers, backbone="resnet18", pre_trained=False)
+    model.train()
+    model((train - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1))
+    model.memory_bank = torch.vstack(model.embedding_store)
+    model.embedding_store.clear()
+    return model.eval()
+
+
+def _refiner(**kwargs) -> F2PAD:
+    refiner = F2PAD(**kwargs)
+    refiner.pixel_mean.copy_(MEAN)
+    refiner.pixel_std.copy_(STD)
+    return refiner
+
+
+def _dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    pred, target = pred.bool(), target.bool()
+    return (2 * (pred & target).sum() / (pred.sum() + target.sum()).clamp_min(1)).item()
+
+
+# ---------------------------------------------------------------------------------------------- loss terms
+def _region(shape: tuple[int, ...]) -> torch.Tensor:
+    region = torch.zeros(shape[0], 1, *shape[2:], dtype=torch.float64)
+    region[..., 1:-1, 1:] = 1.0
+    return region
+
+
+def test_pixel_terms_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = torch.rand(2, 3, 5, 6, generator=gen, dtype=torch.float64).requires_grad_(True)
+    x = torch.rand(2, 3, 5, 6, generator=gen, dtype=torch.float64)
+    region = _region(n.shape)
+    means = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    a = torch.randn(3, 3, 3, generator=gen, dtype=torch.float64)
+    inv = a @ a.transpose(1, 2) + torch.eye(3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: mog_prior(t, means, inv, region), (n,))
+    assert torch.autograd.gradcheck(lambda t: total_variation(t, region), (n,))
+    assert torch.autograd.gradcheck(lambda t: log_sparsity(x - t, region, 1e-4), (n,))
+    outside = (n.detach() * 3 - 1).requires_grad_(True)  # values on both sides of [0, 1]
+    assert torch.autograd.gradcheck(range_penalty, (outside,))
+
+
+def test_pixel_terms_values() -> None:
+    n = torch.zeros(1, 3, 4, 4)
+    region = torch.ones(1, 1, 4, 4)
+    # MoG: exact squared Mahalanobis to the nearest component, components have equal weight.
+    means = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    inv = torch.eye(3).repeat(2, 1, 1) * 4
+    assert mog_prior(n + 0.25, means, inv, region).item() == pytest.approx(16 * 4 * 3 * 0.0625, rel=1e-5)
+    assert total_variation(n, region, eps=0).item() == 0
+    step = n.clone()
+    step[..., 2:] = 1.0  # one vertical edge of height 4, 3 channels
+    assert total_variation(step, region, eps=0).item() == pytest.approx(12)
+    a = torch.zeros(1, 3, 4, 4)
+    a[0, :2, 1, 1] = torch.tensor([0.3, 0.4])  # ||a|| = 0.5 at one pixel
+    expected = torch.asinh(torch.tensor(0.5 / 0.01)).item()  # = log(sqrt(0.25 + 1e-4) + 0.5) - log(sqrt(1e-4))
+    assert log_sparsity(a, region, eps=1e-4).item() == pytest.approx(expected, abs=2e-3)
+    assert log_sparsity(n, region).item() < 2e-3
+
+
+def test_scorer_gradients_match_finite_differences() -> None:
+    train = _texture_tiles(4, 32, seed=0).double()
+    patchcore = _fit_patchcore(train.float(), ["layer1", "layer2"]).double()
+    torch.manual_seed(0)
+    padim = PadimModel(backbone="resnet18", layers=["layer1", "layer2"], pre_trained=False, n_features=20).double()
+    padim.train()
+    padim(train)
+    padim.fit()
+    padim.eval()
+    x0 = _texture_tiles(1, 32, seed=1).double()
+    roi = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
+    roi[..., 8:20, 8:24] = 1
+    direction = torch.randn_like(x0) * roi
+    for model in (patchcore, padim):
+        scorer = get_scorer(model, num_candidates=5)
+        scorer.prepare(x0, roi, torch.zeros(1, 2, dtype=torch.long), (32, 32))
+        x = x0.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(scorer.loss(x).sum(), x)
+        h = 1e-7  # float64; larger steps cross ReLU/max-pool kinks of the backbone
+        numeric = (scorer.loss(x0 + h * direction) - scorer.loss(x0 - h * direction)) / (2 * h)
+        analytic = (grad * direction).sum()
+        assert analytic.abs() > 0
+        assert numeric.item() == pytest.approx(analytic.item(), rel=1e-4)
+
+
+def test_gradient_sharing_matches_reference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 6, 7, generator=gen)
+    grad = torch.randn(1, 3, 6, 7, generator=gen)
+    ks, s0, s1 = 1, 1.1, 0.3
+    weights = bilateral_weights(x, ks, s0, s1)
+    assert torch.allclose(weights.sum(2), torch.ones(1, 1, 42))
+    shared = share_gradients(grad, weights, ks)
+    # Reference: explicit neighbourhood sum at one interior and one border pixel (replicate-padded colours).
+    xp = F.pad(x, (ks, ks, ks, ks), mode="replicate")
+    gp = F.pad(grad, (ks, ks, ks, ks))
+    for i, j in [(2, 3), (0, 0)]:
+        logits, values = [], []
+        for di in range(-ks, ks + 1):
+            for dj in range(-ks, ks + 1):
+                colour = (xp[0, :, i + ks + di, j + ks + dj] - x[0, :, i, j]).pow(2).sum()
+                logits.append(-(di**2 + dj**2) / s0**2 - colour / s1**2)
+                values.append(gp[0, :, i + ks + di, j + ks + dj])
+        w = torch.softmax(torch.stack(logits), 0)
+        expected = (w[:, None] * torch.stack(values)).sum(0)
+        assert torch.allclose(shared[0, :, i, j], expected, atol=1e-6)
+
+
+def test_pixel_adan_matches_timm_adan() -> None:
+    from timm.optim import Adan
+
+    p = torch.randn(7, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    q = p.detach().clone()
+    optimizer = Adan([p], lr=0.01, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0)
+    adan = PixelAdan(q.shape, q.device, q.dtype)
+    for _ in range(5):
+        optimizer.zero_grad()
+        p.pow(3).sum().backward()
+        optimizer.step()
+        q = q - adan.step(3 * q.pow(2), torch.full_like(q, 0.01))
+    assert torch.allclose(p.detach(), q, atol=1e-6)
+    assert not torch.allclose(q, torch.randn(7, generator=torch.Generator().manual_seed(0)))
+
+
+def test_crops_roundtrip() -> None:
+    roi = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    roi[0, :, 5:9, 40:50] = True
+    roi[1, :, 50:60, 2:6] = True
+    offsets, size = crop_boxes(roi, context=4, align=32)
+    assert size == (32, 32)
+    assert (offsets % 32 == 0).all()
+    crops = gather_crops(roi.float(), offsets, size)
+    assert crops.sum() == roi.sum()  # each ROI lies entirely in its crop
+    back = scatter_crops(torch.zeros(2, 1, 64, 64), crops, offsets)
+    assert torch.equal(back.bool(), roi)
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
+def test_optimiser_never_nan_on_constant_and_extreme_images(value: float) -> None:
+    refiner = _refiner(max_iters=15, check_every=5)
+    refiner.mog_means.copy_(torch.rand(5, 3))
+    x = torch.full((2, 3, 16, 16), value)
+    x[1, 0] = 1.0 - value  # saturated colour
+    n0 = torch.rand(2, 3, 16, 16)
+    n0[0] = value  # n0 == x: a = 0 exactly (adaptive step and LOG at their singular point)
+    region = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    beta = torch.tensor([1e-2, 1e3])
+    n, iterations = refiner.optimise(x, n0, region, beta, None, None, refiner.max_iters)
+    assert torch.isfinite(n).all()
+    assert (n >= 0).all()
+    assert (n <= 1).all()
+    assert (iterations >= 1).all()
+
+
+def test_optimiser_pixel_range_penalty_pulls_back() -> None:
+    refiner = _refiner(alpha1=0.0, alpha2=0.0, beta0=0.0, max_iters=30, adaptive_step=False, lr=0.05)
+    x = torch.full((1, 3, 8, 8), 0.5)
+    n0 = torch.full((1, 3, 8, 8), 1.09)
+    region = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    n, _ = refiner.optimise(x, n0, region, torch.zeros(1), None, None, refiner.max_iters)
+    assert n.max() <= 1.0
+
+
+def test_planted_colour_square_recovered() -> None:
+    size = 48
+    train = _texture_tiles(8, size, seed=0)
+    host = _fit_patchcore(train, ["layer1", "layer2"])
+    image = _texture_tiles(1, size, seed=5)
+    gt = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    gt[..., 14:30, 18:32] = True
+    image = torch.where(gt, torch.tensor([0.9, 0.1, 0.6]).view(1, 3, 1, 1), image)
+    refiner = _refiner(max_iters=40, num_candidates=10)
+    refiner.fit_prior(train)
+    refiner.prior_fitted.fill_(True)
+    # Initial host mask: a coarse, too large box around the defect (as a low-resolution host gives).
+    host_map = torch.zeros(1, 1, size, size)
+    host_map[..., 10:36, 12:38] = 1.0
+    refiner.host_pixel_threshold.fill_(0.5)
+    refined = refiner.refine_batch((image - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1), host_map, host)
+    assert _dice(host_map > 0.5, gt) < 0.8
+    assert _dice(refiner.binarise(refined), gt) > 0.8
+    assert refiner.last_info["iterations"].item() >= refiner.check_every
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_unknown_host_error_names_model() -> None:
+    with pytest.raises(TypeError, match=r"No differentiable F2PAD scorer .* 'Linear'"):
+        get_scorer(nn.Linear(2, 2))
+
+
+def test_register_scorer_adds_host() -> None:
+    class Toy(nn.Module):
+        pass
+
+    @register_scorer(Toy)
+    class ToyScorer(FeatureScorer):
+        pass
+
+    assert available_scorers()["Toy"] == "ToyScorer"
+    assert isinstance(get_scorer(Toy()), ToyScorer)
+
+
+def test_bad_arguments_and_unfitted_prior() -> None:
+    with pytest.raises(ValueError, match="init must be one of"):
+        F2PAD(init="mae")
+    with pytest.raises(RuntimeError, match="no fitted prior"):
+        F2PAD().refine_batch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 8, 8), nn.Identity())
+
+
+# ---------------------------------------------------------------------------------------------- Engine
+@pytest.fixture(scope="module")
+def fitted(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("f2pad_engine")
+    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    model = Patchcore(
+        backbone="resnet18",
+        layers=["layer2", "layer3"],
+        pre_trained=False,
+        coreset_sampling_ratio=0.5,
+        pre_processor=Patchcore.configure_pre_processor(image_size=(64, 64)),
+        post_processor=F2PAD(max_iters=10),
+    )
+    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=root)
+    engine.fit(model, datamodule=datamodule)
+    return engine, model, datamodule, root
+
+
+def test_engine_fit_calibrates_on_refined_maps(fitted: tuple) -> None:
+    _, model, _, _ = fitted
+    refiner = model.post_processor
+    assert bool(refiner.prior_fitted)
+    assert torch.isfinite(refiner.host_pixel_threshold)
+    assert torch.isfinite(refiner._pixel_threshold)
+    # Refined maps are ||x - n|| in [0, sqrt(3)], host PatchCore distances are not: distinct calibrations.
+    assert refiner._pixel_threshold.item() < 2.0
+    assert refiner._pixel_threshold.item() != pytest.approx(refiner.host_pixel_threshold.item())
+    assert torch.allclose(refiner.pixel_std, STD)
+
+
+def test_engine_test_and_predict_refine_every_image(fitted: tuple) -> None:
+    engine, model, datamodule, _ = fitted
+    results = engine.test(model, datamodule=datamodule)
+    assert "pixel_AUROC" in results[0]
+    predictions = engine.predict(model, datamodule=datamodule)
+    count = 0
+    for batch in predictions:
+        assert batch.pred_mask.dtype == torch.bool
+        assert batch.pred_mask.shape == batch.anomaly_map.shape
+        assert torch.isfinite(batch.anomaly_map).all()
+        count += len(batch.image)
+    assert count == len(datamodule.test_data) or count == len(datamodule.predict_data)
+
+
+def test_checkpoint_reload_and_torch_export(fitted: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # TorchInferencer loads our own pickled export
+    engine, model, datamodule, root = fitted
+    ckpt = root / "f2pad.ckpt"
+    engine.trainer.save_checkpoint(ckpt)
+    reloaded = Patchcore.load_from_checkpoint(ckpt, post_processor=F2PAD(), map_location="cpu")
+    assert isinstance(reloaded.post_processor, F2PAD)
+    assert reloaded.post_processor.max_iters == 10  # restored from the checkpoint config
+    assert torch.equal(reloaded.post_processor.mog_means, model.post_processor.mog_means)
+    assert bool(reloaded.post_processor.prior_fitted)
+
+    batch = next(iter(datamodule.test_dataloader()))
+    model.eval()
+    direct = model(batch.image)  # AnomalibModule.forward = pre-processor -> host -> F2PAD.forward
+    assert direct.pred_mask.dtype == torch.bool
+
+    export_dir = engine.export(model, ExportType.TORCH, export_root=root / "export")
+    inferencer = TorchInferencer(path=export_dir, device="cpu")
+    result = inferencer.predict(batch.image[:1])
+    assert result.anomaly_map.shape[-2:] == (64, 64)
+    assert result.pred_mask.dtype == torch.bool
+    assert torch.allclose(result.anomaly_map.flatten(), direct.anomaly_map[:1].flatten(), atol=1e-4)
+
+    with pytest.raises(Exception, match="ONNX/OpenVINO graphs cannot express"):
+        engine.export(model, ExportType.ONNX, export_root=root / "onnx")
+
+
+def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    model = Padim(
+        backbone="resnet18",
+        layers=["layer1", "layer2"],
+        pre_trained=False,
+        n_features=50,
+        pre_processor=Padim.configure_pre_processor(image_size=(64, 64)),
+        post_processor=PaedidRefiner(pae_epochs=2, steps=10),
+    )
+    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=tmp_path)
+    engine.fit(model, datamodule=datamodule)
+    assert model.post_processor.pae.is_fitted
+    predictions = engine.predict(model, datamodule=datamodule)
+    maps = torch.cat([batch.anomaly_map.flatten(1) for batch in predictions])
+    assert torch.isfinite(maps).all()
+    assert maps.max() > 0
