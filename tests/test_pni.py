@@ -134,6 +134,16 @@ def test_masked_nearest_equals_brute_force(scorer, search, monkeypatch):
     assert bool((got >= dist.min(1).values - 1e-4).all())
 
 
+def test_masked_nearest_many_matches_single_masks(scorer):
+    _fit_random(scorer, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    patches = torch.randn(40, scorer.feature_dim, generator=gen)
+    masks = [torch.rand(40, scorer.n_dist, generator=gen) < q for q in (0.05, 0.6)]
+    many = scorer.masked_nearest_many(patches, masks, search="auto")
+    for row, mask in zip(many, masks, strict=True):
+        torch.testing.assert_close(row, scorer.masked_nearest(patches, mask, search="sparse"), rtol=1e-4, atol=1e-4)
+
+
 def test_position_swap_scored_higher_by_p_than_by_plain_nn():
     """Normal features in the wrong place: P catches them, a PatchCore-style nearest neighbour cannot."""
     scorer = PniScorer(

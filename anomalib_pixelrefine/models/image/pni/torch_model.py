@@ -413,6 +413,21 @@ class PniScorer(DynamicBufferMixin):
         Returns:
             ``(P,)`` distances.
         """
+        return self.masked_nearest_many(patches, [allowed], search)[0]
+
+    def masked_nearest_many(
+        self, patches: torch.Tensor, masks: Sequence[torch.Tensor], search: str | None = None
+    ) -> torch.Tensor:
+        """:meth:`masked_nearest` for several masks at once (the dense ones share one distance GEMM).
+
+        Args:
+            patches: ``(P, D)`` features.
+            masks: ``(P, |C_dist|)`` bool masks.
+            search: See :meth:`masked_nearest`.
+
+        Returns:
+            ``(len(masks), P)`` distances.
+        """
         search = self.search if search is None else search
         if search not in {"auto", "sparse", "dense"}:
             msg = f"search must be 'auto', 'sparse' or 'dense', got {search!r}."
@@ -420,28 +435,34 @@ class PniScorer(DynamicBufferMixin):
         if patches.shape[0] > _NN_CHUNK:  # bound the (patch, class) index lists and distance blocks
             return torch.cat(
                 [
-                    self.masked_nearest(patches[s : s + _NN_CHUNK], allowed[s : s + _NN_CHUNK], search)
+                    self.masked_nearest_many(patches[s : s + _NN_CHUNK], [m[s : s + _NN_CHUNK] for m in masks], search)
                     for s in range(0, patches.shape[0], _NN_CHUNK)
-                ]
+                ],
+                dim=1,
             )
-        members = self.class_offsets[1:] - self.class_offsets[:-1]  # embedding entries per class
-        n_pairs = int((allowed.float() @ members.float()).sum())
-        if search == "auto":
-            density = n_pairs / max(1, patches.shape[0] * self.embedding_coreset.shape[0])
-            search = "sparse" if density <= self.sparse_density else "dense"
-        self.last_density = n_pairs / max(1, patches.shape[0] * self.embedding_coreset.shape[0])
-        best = self._sparse_sq(patches, allowed, n_pairs) if search == "sparse" else self._dense_sq(patches, allowed)
-        best = best.sqrt()
-        missing = torch.isinf(best)
-        if missing.any():
-            best[missing] = nearest_neighbour(patches[missing], self.embedding_coreset)[0]
-        return best
-
-    def _dense_sq(self, patches: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        bank = self.embedding_coreset
-        sq = patches.pow(2).sum(1, keepdim=True) - 2 * patches @ bank.T + bank.pow(2).sum(1)
-        sq = sq.clamp_min(0).masked_fill(~allowed[:, self.emb_to_dist], float("inf"))
-        return sq.min(1).values
+        members = (self.class_offsets[1:] - self.class_offsets[:-1]).float()  # embedding entries per class
+        total = max(1, patches.shape[0] * self.embedding_coreset.shape[0])
+        dense_sq = None
+        results = []
+        for allowed in masks:
+            n_pairs = int((allowed.float() @ members).sum())
+            self.last_density = n_pairs / total
+            use_sparse = search == "sparse" or (search == "auto" and self.last_density <= self.sparse_density)
+            if use_sparse:
+                best = self._sparse_sq(patches, allowed, n_pairs)
+            else:
+                if dense_sq is None:
+                    bank = self.embedding_coreset
+                    dense_sq = (
+                        patches.pow(2).sum(1, keepdim=True) - 2 * patches @ bank.T + bank.pow(2).sum(1)
+                    ).clamp_min(0)
+                best = dense_sq.masked_fill(~allowed[:, self.emb_to_dist], float("inf")).min(1).values
+            best = best.sqrt()
+            missing = torch.isinf(best)
+            if missing.any():
+                best[missing] = nearest_neighbour(patches[missing], self.embedding_coreset)[0]
+            results.append(best)
+        return torch.stack(results)
 
     def _sparse_sq(self, patches: torch.Tensor, allowed: torch.Tensor, n_pairs: int) -> torch.Tensor:
         best = torch.full((patches.shape[0],), float("inf"), device=patches.device)
@@ -474,14 +495,15 @@ class PniScorer(DynamicBufferMixin):
             )
             raise ValueError(msg)
         patches = features.permute(0, 2, 3, 1).reshape(-1, dim)
-        terms = []
+        masks = []
         if self.use_neighbourhood:
-            allowed = self.neighbourhood_probabilities(features) > self.tau
-            terms.append(self.masked_nearest(patches, allowed))
+            masks.append(self.neighbourhood_probabilities(features) > self.tau)
         if self.use_position:
-            allowed = (self.position_hist > self.tau).repeat(batch, 1)
-            terms.append(self.masked_nearest(patches, allowed))
-        scores = torch.stack(terms).mean(0) if terms else nearest_neighbour(patches, self.embedding_coreset)[0]
+            masks.append((self.position_hist > self.tau).repeat(batch, 1))
+        if masks:
+            scores = self.masked_nearest_many(patches, masks).mean(0)
+        else:
+            scores = nearest_neighbour(patches, self.embedding_coreset)[0]
         return scores.reshape(batch, 1, height, width)
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
