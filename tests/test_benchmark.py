@@ -117,7 +117,7 @@ def test_grid_expands_to_the_cartesian_product(tiny_mvtec_root: Path) -> None:
     assert {label[3] for label in labels} == {0, 1}
     assert len({job.job_id for job in jobs}) == 16
     # ``exclude`` drops the grid points matching all given labels
-    config["exclude"] = [{"model": "patchcore", "post_processor": "f2pad"}, {"dataset": "MVTecAD/other", "seed": 1}]
+    config["exclude"] = [{"model": "patchcore", "post_processor": ["f2pad"]}, {"dataset": "MVTecAD/other", "seed": 1}]
     kept = {tuple(job.labels.values()) for job in PixelRefineBenchmarkJobGenerator("cpu", config)(config["benchmark"])}
     assert len(kept) == 16 - 4 - 4 + 1
     assert not any(label[1:3] == ("Patchcore", "f2pad") for label in kept)

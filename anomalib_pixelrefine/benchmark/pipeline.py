@@ -113,7 +113,10 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
     def _excluded(self, job: PixelRefineBenchmarkJob) -> bool:
         labels = {key: str(value).lower() for key, value in job.labels.items()}
         return any(
-            all(labels.get(key) == str(value).lower() for key, value in rule.items())
+            all(
+                labels.get(key) in {str(item).lower() for item in (value if isinstance(value, list) else [value])}
+                for key, value in rule.items()
+            )
             for rule in self.settings.get("exclude") or []
         )
 
