@@ -35,3 +35,27 @@ def test_pyproject_declares_the_console_script_and_dependencies():
     dependencies = " ".join(project["dependencies"])
     for name in ("anomalib>=2.7,<2.8", "torch", "lightning", "kornia", "scipy", "numpy", "jsonargparse"):
         assert name in dependencies
+
+
+def test_top_level_exports_resolve_to_the_public_classes():
+    from anomalib.models import AnomalibModule
+    from anomalib.post_processing import PostProcessor
+
+    import anomalib_pixelrefine
+
+    for name in anomalib_pixelrefine.__all__:
+        assert getattr(anomalib_pixelrefine, name) is not None, name
+    for name in ("Pae", "Pni", "FeatureEnsemble"):
+        assert issubclass(getattr(anomalib_pixelrefine, name), AnomalibModule)
+    for name in ("F2PAD", "PaedidRefiner"):
+        assert issubclass(getattr(anomalib_pixelrefine, name), PostProcessor)
+    assert "F2PAD" in dir(anomalib_pixelrefine)
+
+
+def test_unknown_top_level_name_raises_attribute_error():
+    import pytest
+
+    import anomalib_pixelrefine
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = anomalib_pixelrefine.Nope
