@@ -28,6 +28,8 @@ from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 from torch.nn import functional as F
 
+from anomalib_pixelrefine.models.components.sampling import greedy_coreset
+
 from .decomposition import decompose, image_score, sparse_to_anomaly_map
 
 logger = logging.getLogger(__name__)
@@ -472,17 +474,10 @@ class PaeModel(DynamicBufferMixin, nn.Module):
 
 
 def _coreset_indices(features: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
-    """Greedy k-center coreset indices (appendix C) on a random projection of ``features``.
+    """Greedy k-center coreset indices (appendix C) on a 128-d random projection of ``features``.
 
-    Uses the project's memory-flat sampler when available, else anomalib's ``KCenterGreedy``.
+    Uses the project's memory-flat :func:`~anomalib_pixelrefine.models.components.sampling.greedy_coreset` rather
+    than anomalib's ``KCenterGreedy`` (which keeps an ``N x N``-sized working set on large banks).
     """
     n_samples = max(1, math.ceil(ratio * features.shape[0]))
-    try:
-        from anomalib_pixelrefine.models.components.sampling import greedy_coreset
-    except ImportError:
-        from anomalib.models.components import KCenterGreedy
-
-        torch.manual_seed(seed)
-        sampler = KCenterGreedy(embedding=features, sampling_ratio=ratio)
-        return torch.as_tensor(sampler.select_coreset_idxs(), dtype=torch.long)
-    return torch.as_tensor(greedy_coreset(features, n_samples, projection_dim=128, seed=seed), dtype=torch.long)
+    return greedy_coreset(features, n_samples, projection_dim=128, seed=seed).long()

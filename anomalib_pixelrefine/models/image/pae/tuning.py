@@ -5,7 +5,6 @@ criterion is used: ``min Σ_i ||B_i - L̂_i||_2`` (equivalently ``||X_i - L̂_i 
 criterion is the best Dice of the anomaly maps over one global threshold (maximised).
 """
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ def best_dice(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> float:
         masks: ``(B, 1, H, W)`` binary ground truth.
 
     Returns:
-        The best Dice in ``[0, 1]`` (``0`` if the masks are empty).
+        The best Dice in ``[0, 1]``.
 
     Raises:
         ValueError: If the shapes differ.
@@ -59,7 +58,7 @@ def best_dice(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> float:
     truth = (masks.flatten() > 0.5)[order].float()
     positives = truth.sum()
     if positives == 0:
-        return 0.0
+        return 1.0  # predicting nothing is perfect (same convention as the metrics package)
     true_positives = truth.cumsum(0)
     predicted = torch.arange(1, scores.numel() + 1, dtype=torch.float32)
     # Only cut between distinct scores (a threshold cannot split ties).
@@ -87,7 +86,8 @@ def grid_search(
 
     The autoencoder is fixed; for every ``l`` the memory bank is rebuilt from ``train_latents``, for every ``k`` the
     memory addressing is redone, for every ``α`` the deep prior is decoded and for every ``λ`` the decomposition is
-    solved with the model's steps / learning rate.
+    solved with the model's steps / learning rate. With ``model.decompose == False`` (the PAE ablation) the residual
+    ``|X - X̂|`` is scored and ``λ`` is not searched (only ``lams[0]`` is reported).
 
     Args:
         model: A trained :class:`PaeModel`.
@@ -132,26 +132,31 @@ def grid_search(
         for k in num_neighbors:
             model.num_neighbors = int(k)
             retrieved, scores = model.retrieve(query)
-            for alpha, lam in itertools.product(alphas, lams):
+            for alpha in alphas:
                 replaced, _ = model.replace_top_patches(query, retrieved, scores, float(alpha))
                 prior = model.decode(replaced)
-                low_rank, sparse = decompose(
-                    images,
-                    prior,
-                    lam=float(lam),
-                    steps=model.decomposition_steps,
-                    lr=model.decomposition_lr,
-                    noisy=model.noisy,
-                    lam_ssim=model.lam_ssim,
-                    window_size=model.ssim_window,
-                )
-                if backgrounds is None:
-                    score = best_dice(sparse_to_anomaly_map(sparse), masks)
-                else:
-                    score = (backgrounds - low_rank).flatten(1).norm(dim=1).mean().item()
-                results.append(
-                    {"aggregation_length": length, "num_neighbors": k, "alpha": alpha, "lam": lam, "score": score}
-                )
+                # Without decomposition (the PAE ablation) λ plays no role: one evaluation of the residual per α.
+                for lam in lams if model.decompose else lams[:1]:
+                    if model.decompose:
+                        low_rank, sparse = decompose(
+                            images,
+                            prior,
+                            lam=float(lam),
+                            steps=model.decomposition_steps,
+                            lr=model.decomposition_lr,
+                            noisy=model.noisy,
+                            lam_ssim=model.lam_ssim,
+                            window_size=model.ssim_window,
+                        )
+                    else:
+                        low_rank, sparse = prior, images - prior
+                    if backgrounds is None:
+                        score = best_dice(sparse_to_anomaly_map(sparse), masks)
+                    else:
+                        score = (backgrounds - low_rank).flatten(1).norm(dim=1).mean().item()
+                    results.append(
+                        {"aggregation_length": length, "num_neighbors": k, "alpha": alpha, "lam": lam, "score": score}
+                    )
 
     pick = max if criterion == "best_dice" else min
     best = pick(results, key=lambda result: result["score"])
