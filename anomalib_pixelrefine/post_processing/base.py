@@ -100,6 +100,7 @@ class RefiningPostProcessor(PostProcessor):
         self._val_batches: list[Batch] = []
         self._warned_threshold = False
         self.last_info: dict[str, Any] = {}
+        self.refined_images = 0  # images refined by this process (diagnostics, e.g. DDP sharding)
 
     # ------------------------------------------------------------------ config persisted in checkpoints
     @property
@@ -310,6 +311,7 @@ class RefiningPostProcessor(PostProcessor):
                 )
             finally:
                 host_model.train(was_training)
+        self.refined_images += len(refined)
         if refined.shape[-2:] != input_shape[-2:]:
             refined = F.interpolate(refined, size=input_shape[-2:], mode="bilinear", align_corners=False)
         return refined.detach().reshape(input_shape)
