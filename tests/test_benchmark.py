@@ -136,6 +136,16 @@ def test_profiles_are_valid_and_match_the_yaml_files() -> None:
     jobs = list(expand_grid(quick["benchmark"]))
     assert {job["model"]["class_path"] for job in jobs} >= {"Padim", "Patchcore"}  # the peers are always in
     assert {job["model"]["class_path"] for job in expand_grid(FULL_PROFILE["benchmark"])} >= {"Cflow"}
+    # anomalib's own benchmark configuration format is accepted as it is
+    anomalib_style = {
+        "accelerator": ["cpu"],
+        "benchmark": {
+            "seed": 42,
+            "model": {"grid": [{"class_path": "Patchcore"}, {"class_path": "Padim"}]},
+            "data": {"class_path": "MVTecAD", "init_args": {"category": {"grid": ["bottle", "cable"]}}},
+        },
+    }
+    assert len(list(expand_grid(load_config(anomalib_style)["benchmark"]))) == 4
     # a config file given with --quick overrides the profile's values
     assert load_config({"output_dir": "x"}, quick=True)["output_dir"] == "x"
 
