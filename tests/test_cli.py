@@ -1,5 +1,6 @@
 """Tests of the ``pixelrefine`` command line interface."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,32 @@ def test_console_script_reports_alias_errors_without_a_traceback():
     assert result.returncode != 0
     assert "Unknown post-processor 'bogus'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, check=False, cwd=REPO, timeout=300)
+
+
+def _data_args(root: Path) -> list[str]:
+    return ["--data", "MVTecAD", "--data.root", str(root), "--data.category", "gravel"]
+
+
+def test_plain_anomalib_cli_accepts_our_model_by_class_path(tmp_path):
+    anomalib_script = str(Path(sys.executable).parent / "anomalib")  # anomalib's own console script
+    result = _run(
+        anomalib_script, "train", "--model", "anomalib_pixelrefine.models.Pni", "--model.pre_trained", "false",
+        *_data_args(tmp_path), "--print_config",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.Pni\n", result.stdout), result.stdout[-3000:]
+
+
+def test_pixelrefine_cli_resolves_short_names_and_the_post_processor_alias(tmp_path):
+    result = _run(
+        sys.executable, "-m", "anomalib_pixelrefine.cli", "train", "--model", "Pae", *_data_args(tmp_path),
+        "--post_processor", "paedid", "--post_processor.steps", "7", "--print_config",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.Pae\n", result.stdout)
+    assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.PaedidRefiner\n", result.stdout)
+    assert "steps: 7" in result.stdout
