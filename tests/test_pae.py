@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data import Folder, InferenceBatch
-from anomalib.deploy import ExportType
+from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
 from PIL import Image
 from torch.nn import functional as F
@@ -85,6 +85,18 @@ def test_vae_samples_in_training_and_uses_the_mean_in_eval():
     torch.testing.assert_close(model.reconstruct(x)[1], model.encode(x))
 
 
+@pytest.mark.parametrize("reconstruction_loss", ["mse", "ssim"])
+def test_reconstruction_losses_vanish_on_a_perfect_reconstruction(reconstruction_loss):
+    loss = PaeLoss(reconstruction_loss)
+    image = torch.rand(2, 3, 16, 16)
+    assert loss(image, image).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(image, 1 - image).item() > 0.05
+    # KL of the standard normal is zero, of a shifted one positive (VAE term).
+    zeros = torch.zeros(2, 4, 3, 3)
+    assert loss(image, image, zeros, zeros).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(image, image, zeros + 1, zeros).item() > 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -112,6 +124,17 @@ def test_bad_inputs_raise_clear_errors():
         PaeLoss("l1")
     with pytest.raises(ValueError, match="coreset_sampling_ratio"):
         Pae(coreset_sampling_ratio=0.0)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        model.build_memory_bank(torch.rand(2, 5, 4, 4))
+    with pytest.raises(ValueError, match="lam"):
+        decompose(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), lam=-1.0)
+    model.build_memory_bank(model.encode(torch.rand(2, 3, 32, 32)))
+    with pytest.raises(ValueError, match="patch_scores"):
+        model.deep_prior(torch.rand(1, 3, 32, 32), patch_scores=torch.rand(1, 2, 8, 8))
+    aligned = PaeModel(channels=(8, 16), aligned=True).eval()
+    aligned.build_memory_bank(aligned.encode(torch.rand(2, 3, 32, 32)))
+    with pytest.raises(ValueError, match="training image size"):
+        aligned(torch.rand(1, 3, 64, 64))
 
 
 def test_memory_bank_contents_global_and_aligned():
@@ -256,6 +279,12 @@ def test_grid_search_returns_the_best_combination():
     assert with_bg.best["alpha"] == 0.2
     with pytest.raises(ValueError, match="alphas"):
         grid_search(model, latents, images, masks, alphas=())
+    # The PAE ablation (no decomposition) scores the residual once per (l, k, α): λ is not searched.
+    model.decompose = False
+    ablation = grid_search(model, latents, images, masks, (1,), (1, 3), (0.0, 0.2), (0.1, 0.5, 1.0))
+    assert len(ablation.results) == 4
+    assert {r["lam"] for r in ablation.results} == {0.1}
+    assert ablation.best["alpha"] == 0.2
 
 
 def test_best_dice_of_a_perfect_map_is_one():
@@ -342,7 +371,7 @@ def _small_pae(**kwargs) -> Pae:
     )
 
 
-def test_engine_fit_test_predict_checkpoint_and_export(folder_datamodule, tmp_path):
+def test_engine_fit_test_predict_checkpoint_and_export(folder_datamodule, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = _small_pae()
     engine = _engine(tmp_path, epochs=8)
@@ -376,6 +405,12 @@ def test_engine_fit_test_predict_checkpoint_and_export(folder_datamodule, tmp_pa
     loaded = torch.load(exported, weights_only=False)["model"]
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch.image).anomaly_map, expected.anomaly_map)
+    # anomalib's TorchInferencer on an image file gives the model's map for that image.
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # our own export: anomalib refuses to unpickle without it
+    inferencer = TorchInferencer(path=exported, device="cpu")
+    prediction = inferencer.predict(batch.image_path[0])
+    assert prediction.anomaly_map.shape[-2:] == (32, 32)
+    torch.testing.assert_close(prediction.anomaly_map.reshape(32, 32), expected.anomaly_map[0].reshape(32, 32))
 
 
 @pytest.mark.parametrize("ae_type", ["vae", "aae"])
