@@ -74,6 +74,7 @@ def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: 
     assert row["n_test"] > 0
     assert row["train_s"] > 0
     assert row["infer_ms_per_image"] > 0
+    assert row["cpu_s"] > 0
     assert row["peak_rss_mb"] >= row["rss_start_mb"] > 0
 
     table = pd.read_csv(out / "results.csv")
@@ -81,6 +82,7 @@ def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: 
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"][0]["job_id"] == row["job_id"]
     assert saved["metadata"]["wall_time_s"] > 0
+    assert saved["metadata"]["cpu_time_s"] > 0
     markdown = (out / "results.md").read_text()
     assert "| dataset | model | post_processor | seed | image_auroc |" in markdown
     per_image = pd.read_csv(out / "per_image.csv")

@@ -453,7 +453,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         row: dict[str, Any] = {"job_id": self.job_id, **self.labels, "status": "ok", "reason": ""}
         row.update(dict.fromkeys(METRIC_COLUMNS, math.nan))
         row["_per_image"] = []
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             self._run(row, task_id)
         except ComponentUnavailableError as error:
@@ -463,6 +463,8 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             row.update(status="failed", reason=f"{type(error).__name__}: {error}")
             logger.exception("Benchmark job %s failed.", self.job_id)
         row["job_s"] = time.perf_counter() - started
+        # CPU time of the job (all threads): comparable across runs on a shared machine, unlike the wall times.
+        row["cpu_s"] = time.process_time() - cpu_started
         gc.collect()
         return row
 

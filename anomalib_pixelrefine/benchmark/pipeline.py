@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 
+def _load_average() -> str:
+    """1/5/15-minute load averages (the machine may be shared: compare them with the number of CPUs)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 class PixelRefineBenchmarkJobGenerator(JobGenerator):
     """Expand the grid into :class:`PixelRefineBenchmarkJob` objects (configuration only; built inside the job).
 
@@ -75,6 +80,9 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
                 metadata = settings.setdefault("metadata", {})
                 if "started" in settings:
                     metadata["wall_time_s"] = round(time.perf_counter() - settings["started"], 1)
+                    if "cpu_s" in result:
+                        metadata["cpu_time_s"] = round(float(result["cpu_s"].fillna(0).sum()), 1)
+                    metadata["load_average_end"] = _load_average()
                 files = write_results(result, settings["output_dir"], metadata, settings["plots"])
                 print(f"Benchmark results written to {Path(settings['output_dir']).resolve()}: {sorted(files)}")
 
@@ -221,7 +229,7 @@ class PixelRefineBenchmark(Benchmark):
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads",
-            "load_average": " ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "",
+            "load_average_start": _load_average(),
             "isolation": pipeline_args["isolation"],
             "config": {key: value for key, value in pipeline_args.items()},
         }

@@ -41,11 +41,12 @@ TABLE_COLUMNS = (
     "iou",
     "train_s",
     "infer_ms_per_image",
+    "cpu_s",
     "peak_rss_mb",
     "status",
 )
 _SCORES = ("image_auroc", "pixel_auroc", "aupro", "best_dice", "best_iou", "dice", "iou")
-_MEAN_COLUMNS = (*_SCORES, "train_s", "infer_ms_per_image", "peak_rss_mb")
+_MEAN_COLUMNS = (*_SCORES, "train_s", "infer_ms_per_image", "cpu_s", "peak_rss_mb")
 # Anomaly size bins (fraction of the image area) for the Dice-vs-size plot, as in F2PAD Fig. 7 (small to large).
 SIZE_BINS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0)
 
