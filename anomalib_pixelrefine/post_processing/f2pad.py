@@ -310,7 +310,8 @@ class F2PAD(RefiningPostProcessor):
             x = pixels[todo]
             roi = roi_full[todo]
             m0 = initial_masks[todo]
-            if self.roi_local:
+            scorer = get_scorer(host_model, num_candidates=self.num_candidates) if self.max_iters > 0 else None
+            if self.roi_local and not (scorer is not None and scorer.needs_full_image):
                 offsets, size = crop_boxes(roi, self.context, align=32)
             else:
                 offsets, size = torch.zeros(len(todo), 2, dtype=torch.long, device=x.device), (h, w)
@@ -321,8 +322,7 @@ class F2PAD(RefiningPostProcessor):
             region = roi_c if self.roi_local else torch.ones_like(roi_c)
             beta = self.beta0 / m0.flatten(1).sum(1).clamp_min(1).to(x.dtype)
             scorer_loss, ln_ref = None, None
-            if self.max_iters > 0:
-                scorer = get_scorer(host_model, num_candidates=self.num_candidates)
+            if scorer is not None:
                 scorer.prepare(self.to_input(n0_c), region.float(), offsets, (h, w))
                 with torch.no_grad():
                     ln_ref = scorer.loss(self.to_input(n0_c)).clamp_min(1e-6)

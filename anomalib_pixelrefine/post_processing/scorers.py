@@ -104,6 +104,8 @@ class FeatureScorer:
         feature_dilation: Feature cells added around the ROI's cells when summing scores.
     """
 
+    needs_full_image = False  # True: scores depend on absolute positions of uncropped images (F2PAD skips cropping)
+
     def __init__(self, model: nn.Module, feature_dilation: int = 1, **kwargs: Any) -> None:
         del kwargs
         self.model = model
@@ -266,6 +268,53 @@ class CflowScorer(FeatureScorer):
 
 def _register_project_scorers() -> None:
     """Register scorers of this project's models that exist (Pni, FeatureEnsemble) — best effort."""
+    try:
+        from anomalib_pixelrefine.models.image.pni import PniModel
+    except ImportError:  # pragma: no cover - package being written by another session
+        PniModel = None
+
+    if PniModel is not None:
+
+        @register_scorer(PniModel)
+        class PniF2padScorer(FeatureScorer):
+            """PNI: eq. (4) masked nearest-neighbour distances (training-range normalised), averaged over backbones.
+
+            The host's inputs are ``[0, 1]`` images (PniModel normalises them itself). Position histograms need the
+            full image, so F2PAD optimises the ROI inside the uncropped image for this host.
+            """
+
+            needs_full_image = True
+
+            def _score_map(self, x: torch.Tensor) -> torch.Tensor:
+                normalised = self.model.normalise_image(x)
+                maps = []
+                for scorer in self.model.scorers:
+                    previous = scorer.feature_extractor.requires_grad
+                    scorer.feature_extractor.requires_grad = True
+                    try:
+                        maps.append(scorer.normalise(scorer.patch_scores(scorer.extract(normalised))))
+                    finally:
+                        scorer.feature_extractor.requires_grad = previous
+                return torch.stack(maps).mean(0)[:, 0]
+
+            def prepare(
+                self,
+                x0: torch.Tensor,
+                roi: torch.Tensor,
+                offset: torch.Tensor,
+                full_size: tuple[int, int],
+            ) -> None:
+                del offset
+                if tuple(x0.shape[-2:]) != tuple(full_size):
+                    msg = "PNI position histograms need full images: use F2PAD(roi_local=False) with a Pni host."
+                    raise ValueError(msg)
+                with torch.no_grad():
+                    maps = self._score_map(x0)
+                self.grid_mask = roi_to_grid(roi, tuple(maps.shape[-2:]), self.feature_dilation)
+
+            def loss(self, x: torch.Tensor) -> torch.Tensor:
+                return (self._score_map(x) * self.grid_mask).flatten(1).sum(1)
+
     try:
         from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
     except ImportError:  # pragma: no cover - package being written by another session
