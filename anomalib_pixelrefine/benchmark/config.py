@@ -85,8 +85,8 @@ QUICK_PROFILE: dict[str, Any] = {
                 },
                 {
                     "class_path": "Pae",
-                    "init_args": {"channels": [16, 32], "decomposition_steps": 20},
-                    "engine": {"max_epochs": 3},
+                    "init_args": {"channels": [16, 32], "decomposition_steps": 10},
+                    "engine": {"max_epochs": 2},
                 },
                 {
                     "class_path": "Pni",
@@ -109,8 +109,8 @@ QUICK_PROFILE: dict[str, Any] = {
         "post_processor": {
             "grid": [
                 "default",
-                {"class_path": "f2pad", "init_args": {"max_iters": 20, "check_every": 5}},
-                {"class_path": "paedid", "init_args": {"channels": [16, 32], "pae_epochs": 3, "steps": 20}},
+                {"class_path": "f2pad", "init_args": {"max_iters": 15, "check_every": 5}},
+                {"class_path": "paedid", "init_args": {"channels": [16, 32], "pae_epochs": 2, "steps": 10}},
             ],
         },
         "data": {
