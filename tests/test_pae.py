@@ -377,6 +377,7 @@ def test_engine_fit_test_predict_checkpoint_and_export(folder_datamodule, tmp_pa
     engine = _engine(tmp_path, epochs=8)
     engine.fit(model, datamodule=folder_datamodule)
     assert model.model.is_fitted
+    assert torch.isfinite(engine.trainer.callback_metrics["val_loss"])  # reconstruction loss on the validation set
     # Coreset of 10 % of 16 images x 64 latent positions.
     assert model.model.memory_bank_raw.shape == (math.ceil(0.1 * 16 * 64), 16)
     assert model.post_processor.pixel_threshold.isfinite()
