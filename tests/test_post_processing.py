@@ -10,6 +10,7 @@ from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
 from anomalib.models import Padim, Patchcore
+from anomalib.models.image.cflow.torch_model import CflowModel
 from anomalib.models.image.padim.torch_model import PadimModel
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
@@ -121,11 +122,13 @@ def test_scorer_gradients_match_finite_differences() -> None:
     padim(train)
     padim.fit()
     padim.eval()
+    cflow = CflowModel(backbone="resnet18", layers=["layer1", "layer2"], pre_trained=False, coupling_blocks=2)
+    cflow = cflow.double().eval()  # untrained flow: the scorer's gradient does not depend on training
     x0 = _texture_tiles(1, 32, seed=1).double()
     roi = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
     roi[..., 8:20, 8:24] = 1
     direction = torch.randn_like(x0) * roi
-    for model in (patchcore, padim):
+    for model in (patchcore, padim, cflow):
         scorer = get_scorer(model, num_candidates=5)
         scorer.prepare(x0, roi, torch.zeros(1, 2, dtype=torch.long), (32, 32))
         x = x0.clone().requires_grad_(True)
