@@ -237,3 +237,18 @@ def test_dice_vs_size_bins_by_area(tmp_path: Path) -> None:
     assert path is not None
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert plot_dice_vs_size(per_image.iloc[:1], tmp_path / "none.png") is None  # only a normal image
+
+
+@pytest.mark.slow
+def test_fresh_process_isolation_runs_each_job_in_its_own_process(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    config = {
+        "isolation": "process",
+        "output_dir": str(tmp_path / "out"),
+        "image_size": 64,
+        "qualitative_samples": 0,
+        "benchmark": {"seed": {"grid": [0, 1]}, "model": PADIM, "data": _mvtec(tiny_mvtec_root)},
+    }
+    frame = run_benchmark(config)
+    assert list(frame["status"]) == ["ok", "ok"]
+    assert frame["pid"].nunique() == 2
+    assert (frame["peak_rss_mb"] >= frame["rss_start_mb"]).all()

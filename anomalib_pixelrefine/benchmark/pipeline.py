@@ -64,7 +64,6 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
     def __init__(self, accelerator: str, settings: dict[str, Any]) -> None:
         self.accelerator = accelerator
         self.settings = settings
-        self.jobs: list[PixelRefineBenchmarkJob] = []
 
     @property
     def job_class(self) -> type:
@@ -115,7 +114,6 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
             if self._excluded(job):
                 logger.info("Excluded by the configuration: %s", job.job_id)
                 continue
-            self.jobs.append(job)
             yield job
 
     def _excluded(self, job: PixelRefineBenchmarkJob) -> bool:
@@ -152,6 +150,8 @@ class FreshProcessRunner(ParallelRunner):
                 index = next(i for i, process in self.processes.items() if process is None)
                 self.processes[index] = executor.submit(job.run, task_id=index)
             self._await_cleanup_processes(blocking=True)
+        if self.failures:  # jobs catch their own errors, so this is a crashed worker (e.g. killed for memory)
+            logger.error("At least one benchmark worker process died; its job is missing from the results.")
         gathered = self.generator.job_class.collect(self.results)
         self.generator.job_class.save(gathered)
         return gathered
