@@ -216,3 +216,14 @@ def test_validate_orphan_mask(category: Path) -> None:
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(orphan)
     with pytest.raises(InvalidDatasetError, match=f"Mask {orphan} has no image"):
         validate_mvtec_folder(category)
+
+
+def test_default_datamodule_can_hold_out_validation_images(tiny_mvtec_path: Path) -> None:
+    datamodule = default_datamodule(tiny_mvtec_path, eval_batch_size=8, val_split_mode="from_test", seed=0)
+    datamodule.setup()
+    test_labels = [label for batch in datamodule.test_dataloader() for label in batch.gt_label.tolist()]
+    val_labels = [label for batch in datamodule.val_dataloader() for label in batch.gt_label.tolist()]
+    assert len(test_labels) + len(val_labels) == 8
+    assert 0 < len(val_labels) < 8
+    assert 1 in val_labels  # anomalib keeps both classes in the held-out part
+    assert 1 in test_labels

@@ -445,6 +445,8 @@ def default_datamodule(
     eval_batch_size: int = 16,
     num_workers: int = 0,
     seed: int | None = None,
+    val_split_mode: str = "same_as_test",
+    val_split_ratio: float = 0.5,
 ) -> Any:
     """Anomalib ``MVTecAD`` datamodule for an MVTec-style category folder (validated first).
 
@@ -456,6 +458,10 @@ def default_datamodule(
         eval_batch_size: Evaluation batch size.
         num_workers: Data-loader workers.
         seed: Seed of anomalib's splits.
+        val_split_mode: anomalib's validation split: ``same_as_test`` (MVTec AD's default: thresholds are
+            calibrated on the test images, so Dice at the threshold equals the best Dice) or ``from_test`` (a
+            held-out ``val_split_ratio`` share of the test images calibrates the thresholds).
+        val_split_ratio: Share of the test images moved to validation with ``from_test``.
 
     Returns:
         An ``anomalib.data.MVTecAD`` datamodule.
@@ -477,4 +483,6 @@ def default_datamodule(
         num_workers=num_workers,
         augmentations=augmentations,
         seed=seed,
+        val_split_mode=val_split_mode,
+        val_split_ratio=val_split_ratio,
     )
