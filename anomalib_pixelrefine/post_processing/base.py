@@ -205,6 +205,7 @@ class RefiningPostProcessor(PostProcessor):
     ) -> None:
         """Host image scores -> image threshold/min-max now; keep the batch to refine at epoch end."""
         del args, kwargs, pl_module
+        self.__dict__.pop("_captured", None)  # do not keep (or pickle on export) the last validation batch
         if trainer.sanity_checking:
             return
         if self.enable_thresholding:
