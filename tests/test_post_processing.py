@@ -355,3 +355,17 @@ def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None
     maps = torch.cat([batch.anomaly_map.flatten(1) for batch in predictions])
     assert torch.isfinite(maps).all()
     assert maps.max() > 0
+
+
+def test_pae_initialisation_fills_only_the_mask() -> None:
+    train = _texture_tiles(6, 32, seed=0)
+    refiner = _refiner(init="pae", pae_epochs=1)
+    refiner.fit_prior(train)
+    assert refiner.pae.is_fitted
+    image = _texture_tiles(2, 32, seed=3)
+    fill = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    fill[..., 8:16, 8:20] = True
+    n0 = refiner.initial_background(image, fill, fill.float())
+    assert torch.isfinite(n0).all()
+    assert torch.equal(n0[~fill.expand_as(n0)], image[~fill.expand_as(image)])
+    assert not torch.equal(n0[fill.expand_as(n0)], image[fill.expand_as(image)])
