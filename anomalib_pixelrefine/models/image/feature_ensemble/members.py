@@ -124,10 +124,18 @@ class TimmMember(_Member):
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
         # A features_only timm model keeps the parameter names of the full model minus its head.
-        missing, _ = self.extractor.feature_extractor.load_state_dict(state, strict=False)
+        target = self.extractor.feature_extractor.state_dict()
+        missing = [k for k in target if k not in state]
         if missing:
             msg = f"Member '{self.name}': weights file {path} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}"
             raise ValueError(msg)
+        wrong = [
+            f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in target.items() if state[k].shape != v.shape
+        ]
+        if wrong:
+            msg = f"Member '{self.name}': weights file {path} does not fit the backbone (shape mismatch {wrong[:3]})"
+            raise ValueError(msg)
+        self.extractor.feature_extractor.load_state_dict({k: state[k] for k in target})
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of the configured layers."""
@@ -163,7 +171,11 @@ def _resolve_anomalib_class(name: str) -> type:
         cls_name = name
         module = importlib.import_module("anomalib.models")
         if not hasattr(module, cls_name):
-            module = importlib.import_module("anomalib_pixelrefine.models.image")
+            # this package's models live in anomalib_pixelrefine.models.image.<lower-case name> (e.g. ``Pae``)
+            try:
+                module = importlib.import_module(f"anomalib_pixelrefine.models.image.{name.lower()}")
+            except ImportError:
+                module = importlib.import_module("anomalib_pixelrefine.models.image")
     if not hasattr(module, cls_name):
         msg = f"Unknown anomalib model '{name}'; use a class exported by anomalib.models or a full import path"
         raise ValueError(msg)

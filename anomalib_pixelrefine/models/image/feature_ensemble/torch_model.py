@@ -103,7 +103,7 @@ class FeatureEnsembleModel(nn.Module):
         patch_size: int = 3,
         adaptor: bool = True,
         hidden: int = 1024,
-        noise_std: float = 0.015,
+        noise_std: float = 0.1,
         margin: float = 0.5,
         sigma: float = 4.0,
     ) -> None:
@@ -144,7 +144,11 @@ class FeatureEnsembleModel(nn.Module):
             [ChannelPCA(n_components, reduce=block != "none") for _ in range(num_transforms)],
         )
         self.heads = nn.ModuleList()  # built by fit_transforms() / at state-dict loading (size depends on the PCA)
-        self.pool = nn.AvgPool2d(patch_size, stride=1, padding=patch_size // 2) if patch_size > 1 else nn.Identity()
+        self.pool = (
+            nn.AvgPool2d(patch_size, stride=1, padding=patch_size // 2, count_include_pad=False)
+            if patch_size > 1
+            else nn.Identity()
+        )
         self.smoothing = GaussianBlur2d(sigma=sigma, kernel_size=2 * math.ceil(3 * sigma) + 1) if sigma > 0 else None
         self.register_buffer("calibration_mean", torch.zeros(len(self.members)))
         self.register_buffer("calibration_std", torch.ones(len(self.members)))
