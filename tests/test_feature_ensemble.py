@@ -104,6 +104,36 @@ def test_channel_pca_matches_sklearn_in_batches():
     assert pca(features).var(dim=(0, 2, 3)).mean().item() == pytest.approx(1.0, rel=0.02)
 
 
+def test_channel_pca_groups_balance_member_magnitudes():
+    generator = torch.Generator().manual_seed(3)
+    loud, quiet = _correlated_maps(generator, channels=6) * 100.0, _correlated_maps(generator, channels=6)
+    features = torch.cat([loud, quiet], dim=1)
+    pca = ChannelPCA(n_components=4, groups=[6, 6])
+    pca.update(features)
+    pca.fit()
+    # same as a plain PCA after dividing each group by the root of its mean channel variance
+    flat = features.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    scales = torch.cat([g.var(dim=0).mean().rsqrt().expand(6) for g in flat.split(6, dim=1)])
+    reference = PCA(n_components=4).fit((flat * scales).numpy())
+    torch.testing.assert_close(
+        pca.explained_variance_ratio.double(),
+        torch.from_numpy(reference.explained_variance_ratio_),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    # without balancing, the loud member takes (almost) all of the variance
+    plain = ChannelPCA(n_components=4)
+    plain.update(features)
+    plain.fit()
+    assert plain.components[:, 6:].abs().max() < 0.05
+    assert pca.components[:, 6:].abs().max() > 0.3
+    # the global block balances its members
+    members = [ModuleMember(StridedPool(4)), ModuleMember(StridedPool(4, channels=2))]
+    model = FeatureEnsembleModel(members, block="global", n_components=2)
+    model.fit_transforms([torch.rand(2, 3, 16, 16, generator=generator)])
+    assert model.transforms[0].groups == [12, 6]
+
+
 @pytest.mark.parametrize("share", [0.5, 0.9, 0.99])
 def test_channel_pca_explained_variance_share(share):
     features = _correlated_maps(torch.Generator().manual_seed(1))

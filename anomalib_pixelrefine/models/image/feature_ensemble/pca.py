@@ -24,16 +24,23 @@ class ChannelPCA(DynamicBufferMixin, nn.Module):
         n_components: ``int >= 1``: number of kept components (capped at ``C``); ``float`` in ``(0, 1]``: smallest
             number of components whose explained-variance share reaches this value.
         reduce: ``False`` keeps all channels unrotated (centring and scaling only), used by ``block="none"``.
+        groups: Optional channel counts of consecutive channel groups (the members of the global block). Each group is
+            scaled to unit mean channel variance before the PCA, so that no member dominates the components by its
+            feature magnitude alone (a PCA on member-balanced covariance; the scales are derived from the accumulated
+            covariance, no extra pass).
 
     Raises:
         ValueError: If ``n_components`` is not a positive int or a float in ``(0, 1]``.
     """
 
-    def __init__(self, n_components: int | float = 0.95, reduce: bool = True) -> None:
+    def __init__(self, n_components: int | float = 0.95, reduce: bool = True, groups: list[int] | None = None) -> None:
         super().__init__()
         validate_n_components(n_components)
         self.n_components = n_components
         self.reduce = reduce
+        self.groups = list(groups) if groups else None
+        self.channel_scale: torch.Tensor
+        self.register_buffer("channel_scale", torch.empty(0))
         self.mean: torch.Tensor
         self.components: torch.Tensor
         self.explained_variance: torch.Tensor
@@ -83,6 +90,14 @@ class ChannelPCA(DynamicBufferMixin, nn.Module):
         mean = self._sum / self._count
         cov = (self._outer - self._count * torch.outer(mean, mean)) / (self._count - 1)
         cov = 0.5 * (cov + cov.T)
+        channel_scale = torch.ones_like(mean)
+        if self.groups is not None:
+            if sum(self.groups) != mean.numel():
+                msg = f"ChannelPCA groups {self.groups} do not add up to the {mean.numel()} channels"
+                raise ValueError(msg)
+            variances = torch.diagonal(cov).split(self.groups)
+            channel_scale = torch.cat([v.mean().clamp_min(1e-12).rsqrt().expand(v.numel()) for v in variances])
+            cov = cov * channel_scale[:, None] * channel_scale[None, :]
         eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
         eigvals = eigvals.flip(0).clamp_min(0.0)
         eigvecs = eigvecs.flip(1)
@@ -96,6 +111,7 @@ class ChannelPCA(DynamicBufferMixin, nn.Module):
             kept = torch.diagonal(cov).clamp_min(0.0)
         dtype = self.scale.dtype
         self.mean = mean.to(dtype)
+        self.channel_scale = channel_scale.to(dtype)
         self.components = components.to(dtype)
         self.explained_variance = kept.to(dtype)
         self.total_variance = total.to(dtype)
@@ -132,7 +148,7 @@ class ChannelPCA(DynamicBufferMixin, nn.Module):
         if not self.is_fitted:
             msg = "ChannelPCA is not fitted; call update() on training features and fit() first"
             raise RuntimeError(msg)
-        centred = features - self.mean.view(1, -1, 1, 1)
+        centred = (features - self.mean.view(1, -1, 1, 1)) * self.channel_scale.view(1, -1, 1, 1)
         if self.reduce:
             centred = torch.einsum("kc,bchw->bkhw", self.components, centred)
         return centred / self.scale

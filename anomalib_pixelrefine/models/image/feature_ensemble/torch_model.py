@@ -5,7 +5,8 @@ are locally aggregated (3x3 average, as PatchCore/SimpleNet's locally aware patc
 one grid (the finest member grid). A transformation block reduces the channels with a PCA fitted on the training
 features (Heller et al. 2023; Saghir 2024, sec. 2.1/4.4):
 
-* ``block="global"`` - concatenate all members, then one PCA to ``n_components``;
+* ``block="global"`` - concatenate all members (each scaled to unit mean channel variance, so that no member
+  dominates by magnitude), then one PCA to ``n_components``;
 * ``block="individual"`` - one PCA per member (``n_components`` each), then concatenate;
 * ``block="none"`` - concatenate, centre and scale only.
 
@@ -196,6 +197,7 @@ class FeatureEnsembleModel(nn.Module):
         for images in batches:
             maps = self.member_features(images)
             if self.block == "global":
+                self.transforms[0].groups = [m.shape[1] for m in maps]  # balance the members' magnitudes
                 self.transforms[0].update(torch.cat(maps, dim=1))
             else:
                 for transform, m in zip(self.transforms, maps, strict=True):
