@@ -43,7 +43,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
     paths = build_default_benchmark(args.root, image_size=args.image_size)
     config = CONFIGS[args.config]
-    seed_everything(0)
+    seed_everything(args.seed)
     model = FeatureEnsemble(
         members=[MEMBERS[m] for m in config["members"]],
         mode=config["mode"],
@@ -83,6 +83,7 @@ def run_one(args: argparse.Namespace) -> dict:
     return {
         "config": args.config,
         "category": args.category,
+        "seed": args.seed,
         "head_channels": model.model.head_channels(),
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds": fit_cpu_seconds,  # CPU time of this process: less sensitive to other load than wall time
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--categories", nargs="+", default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="model seeds (data fixed); rows averaged")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "feature_ensemble"))
     parser.add_argument("--merge", nargs="+", help="merge result JSON files of parallel runs into --out")
@@ -122,6 +125,8 @@ def main() -> None:
         categories = list(dict.fromkeys(r["category"] for r in rows))
         settings = {**parts[0]["settings"], "total_minutes": max(p["settings"]["total_minutes"] for p in parts)}
         settings["parallel_processes"] = len(parts)
+        settings["seeds"] = sorted({r.get("seed", 0) for r in rows})
+        settings["categories"] = categories
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"settings": settings, "runs": rows}, indent=2))
@@ -136,9 +141,10 @@ def main() -> None:
     categories = args.categories or (["gravel", "brick", "elpv"] if "elpv" in paths else ["gravel", "brick"])
     rows = []
     start = time.perf_counter()
-    for category in categories:
+    for category, seed in [(c, s) for c in categories for s in args.seeds]:
         for config in args.configs:
             cmd = [sys.executable, __file__, "--worker", "--config", config, "--category", category]
+            cmd += ["--seed", str(seed)]
             cmd += ["--root", args.root, "--image-size", str(args.image_size), "--epochs", str(args.epochs)]
             cmd += ["--n-components", str(args.n_components), "--noise-std", str(args.noise_std)]
             cmd += ["--hidden", str(args.hidden), "--lr", str(args.lr), "--steps", str(args.steps)]
@@ -146,7 +152,7 @@ def main() -> None:
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:
                 print(proc.stderr[-3000:], file=sys.stderr)
-                msg = f"run {config}/{category} failed"
+                msg = f"run {config}/{category}/seed {seed} failed"
                 raise RuntimeError(msg)
             row = json.loads(lines[-1][len("RESULT ") :])
             print(json.dumps(row), flush=True)
@@ -157,7 +163,7 @@ def main() -> None:
 
 def write_results(args: argparse.Namespace, rows: list[dict], categories: list[str], start: float) -> None:
     """Write the JSON and Markdown results of the runs so far."""
-    keys = ("image_size", "epochs", "n_components", "noise_std", "hidden", "lr", "steps")
+    keys = ("image_size", "epochs", "n_components", "noise_std", "hidden", "lr", "steps", "seeds")
     settings = {k: getattr(args, k) for k in keys}
     settings["total_minutes"] = round((time.perf_counter() - start) / 60, 1)
     out = Path(args.out)
@@ -168,13 +174,17 @@ def write_results(args: argparse.Namespace, rows: list[dict], categories: list[s
 
 
 def to_markdown(settings: dict, rows: list[dict], categories: list[str], configs: list[str]) -> str:
-    """Per-category table plus the mean over categories."""
+    """Per-category table (mean over seeds) plus the mean over categories."""
     lines = [f"Settings: {settings}", ""]
     header = "| config | " + " | ".join(f"{c} img/pix AUROC" for c in categories)
     header += " | mean image AUROC | mean pixel AUROC | fit s (wall) | fit s (CPU) | infer ms/img | peak RSS MB |"
     lines += [header, "|" + "---|" * (len(categories) + 7)]
     for config in configs:
-        runs = {r["category"]: r for r in rows if r["config"] == config}
+        runs = {}
+        for c in categories:
+            group = [r for r in rows if r["config"] == config and r["category"] == c]
+            if group:
+                runs[c] = {k: sum(r[k] for r in group) / len(group) for k in group[0] if isinstance(group[0][k], float)}
         cells = [f"{runs[c]['image_AUROC']:.3f} / {runs[c]['pixel_AUROC']:.3f}" for c in categories if c in runs]
         values = list(runs.values())
 
