@@ -273,7 +273,6 @@ def test_timm_member_local_weights_file(tmp_path):
 
 
 def test_default_keeps_pre_trained_true():
-    assert FeatureEnsemble.__init__.__defaults__ is not None
     from anomalib_pixelrefine.models.image.feature_ensemble.lightning_model import DEFAULT_MEMBERS
 
     assert all(m.get("pre_trained", True) for m in DEFAULT_MEMBERS)
