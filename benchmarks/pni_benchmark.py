@@ -135,7 +135,13 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
         pre_processor=Patchcore.configure_pre_processor(image_size=size),
         visualizer=False,
     )
-    engine.fit(model=patchcore, datamodule=datamodule)
+    Engine(  # a fresh trainer: the PNI one has reached its max_epochs
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=Path(args.root) / "_pni_results",
+        logger=False,
+        enable_progress_bar=False,
+    ).fit(model=patchcore, datamodule=datamodule)
     patchcore.eval()
     refiner = model.model.refiner
 
