@@ -8,18 +8,24 @@ peak RSS is per run. Metrics are computed on the raw maps of the whole test spli
 (FPR <= 0.3) and the best-threshold Dice.
 
 Usage:
-    python benchmarks/pni_benchmark.py [--image-size 128] [--categories gravel elpv] [--threads 1]
+    python benchmarks/pni_benchmark.py [--image-size 128] [--categories brick grass gravel elpv] [--threads 1]
+
+The categories default to ``anomalib_pixelrefine.data.DEFAULT_CATEGORIES`` (the three scikit-image textures + ELPV).
+The "+N" diagnostics (``n_diagnostics`` in the JSON) explain how much the neighbourhood mask changes the scores.
 
 Writes benchmarks/results/pni.{json,md}.
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from anomalib_pixelrefine.data.folder import DEFAULT_CATEGORIES
 
 ABLATIONS = {
     "pni (no N/P/R)": {"use_neighbourhood": False, "use_position": False, "refine": False},
@@ -59,6 +65,61 @@ def evaluate(predict, datamodule) -> dict:
         "best_Dice": float(best_threshold_dice(maps, masks)[0]),
         "inference_ms_per_image": 1000 * seconds / max(count, 1),
     }
+
+
+def neighbourhood_diagnostics(model, datamodule) -> dict:
+    """Why N does (or does not) change the scores: statistics of ``p(c | N)`` and of the N-masked search.
+
+    Computed with the first backbone on the test split (diagnostics only; nothing is selected with them). Patches
+    are "anomalous" when more than half of their cell is inside the ground-truth mask, "normal" when none of it is.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from anomalib_pixelrefine.models.image.pni.torch_model import nearest_neighbour
+
+    scorer = model.model.scorers[0]
+    stats = {key: [] for key in ("top1", "entropy", "allowed", "full", "nn_allowed", "rel_delta", "density")}
+    labels = []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            image = model.pre_processor.transform(batch.image)
+            features = scorer.extract(model.model.normalise_image(image))
+            height, width = features.shape[-2:]
+            mask = batch.gt_mask.reshape(len(image), 1, *batch.gt_mask.shape[-2:]).float()
+            labels.append(F.adaptive_avg_pool2d(mask, (height, width)).reshape(-1))
+            patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+            probs = scorer.neighbourhood_probabilities(features)
+            allowed = probs > scorer.tau
+            plain, nearest = nearest_neighbour(patches, scorer.embedding_coreset)
+            target = nearest_neighbour(patches, scorer.embedding_coreset[: scorer.n_dist])[1]
+            masked = scorer.masked_nearest(patches, allowed)
+            rows = torch.arange(len(patches))
+            stats["top1"].append((probs.argmax(1) == target).float())
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(max(scorer.n_dist, 2))
+            stats["entropy"].append(entropy)
+            stats["allowed"].append(allowed.float().mean(1))
+            stats["full"].append(allowed.all(1).float())
+            stats["nn_allowed"].append(allowed[rows, scorer.emb_to_dist[nearest]].float())
+            stats["rel_delta"].append((masked - plain) / plain.clamp_min(1e-12))
+            stats["density"].append(torch.full((len(patches),), scorer.last_density))
+    cells = torch.cat(labels)
+    values = {key: torch.cat(v) for key, v in stats.items()}
+    out = {
+        "tau": scorer.tau,
+        "full_set_fraction": float(values["full"].mean()),
+        "allowed_class_fraction": float(values["allowed"].mean()),
+        "allowed_pair_fraction": float(values["density"].mean()),
+    }
+    for name, selected in (("normal", cells == 0), ("anomalous", cells > 0.5)):
+        out[f"n_{name}_patches"] = int(selected.sum())
+        out[f"mlp_top1_{name}"] = float(values["top1"][selected].mean())
+        out[f"entropy_norm_{name}"] = float(values["entropy"][selected].mean())
+        out[f"nn_class_allowed_{name}"] = float(values["nn_allowed"][selected].mean())
+        out[f"score_rel_increase_{name}"] = float(values["rel_delta"][selected].mean())
+    return out
 
 
 def run_worker(args: argparse.Namespace) -> list[dict]:
@@ -178,7 +239,6 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
         configure(switches)
         metrics = evaluate(pni_predict, datamodule)
         metrics["inference_ms_per_image"] = 1000 * seconds[name] / count
-        density = model.model.scorers[0].last_density
         rows.append(
             {
                 "config": name,
@@ -186,9 +246,10 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
                 **metrics,
                 "patchcore_ms_per_image_interleaved": patchcore_ms,
                 "time_ratio_vs_patchcore": metrics["inference_ms_per_image"] / patchcore_ms,
-                "allowed_pair_fraction": density,
             }
         )
+    configure(ABLATIONS["pni +N"])
+    rows[0]["n_diagnostics"] = neighbourhood_diagnostics(model, datamodule)
     return rows
 
 
@@ -196,7 +257,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="/tmp/pni_benchmark_data")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--categories", nargs="+", default=["gravel", "elpv"])
+    parser.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same for both models)")
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--distribution-size", type=int, default=256)
@@ -218,16 +279,17 @@ def main() -> None:
         return
 
     settings = {k: v for k, v in vars(args).items() if k not in {"worker", "model", "category", "out", "root"}}
+    worker_args = []
+    for key, value in settings.items():
+        if key != "categories":
+            worker_args += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    settings["command"] = " ".join(["python", *sys.argv])
+    settings["load_average_start"] = list(os.getloadavg())
     rows = []
     total_start = time.perf_counter()
     for category in args.categories:
         for model in ("patchcore", "pni"):
-            cmd = [sys.executable, __file__, "--worker", "--model", model, "--category", category]
-            for key, value in settings.items():
-                if key == "categories":
-                    continue
-                values = value if isinstance(value, list) else [value]
-                cmd += [f"--{key.replace('_', '-')}", *map(str, values)]
+            cmd = [sys.executable, __file__, "--worker", "--model", model, "--category", category, *worker_args]
             cmd += ["--root", args.root]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -245,6 +307,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     settings["total_minutes"] = (time.perf_counter() - total_start) / 60
+    settings["load_average_end"] = list(os.getloadavg())
+    settings["cpu_count"] = os.cpu_count()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"settings": settings, "runs": rows}, indent=2))
@@ -282,7 +346,55 @@ def to_markdown(settings: dict, rows: list[dict]) -> str:
         f"Peak RSS: whole worker process (RSS before fit, after imports and data set-up: <= {before:.0f} MB).",
         "Inference times: PatchCore and the PNI rows timed interleaved, batch by batch, in the same process.",
     ]
+    lines += contribution_lines(rows, keys, categories) + diagnostics_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def contribution_lines(rows: list[dict], keys: list[str], categories: list[str]) -> list[str]:
+    """Per-component deltas (4 decimals) and the target check (full PNI >= PatchCore on every metric)."""
+    steps = [
+        ("N", "pni +N", "pni (no N/P/R)"),
+        ("P", "pni +N+P", "pni +N"),
+        ("R", "pni +N+P+R", "pni +N+P"),
+        ("PNI - PatchCore", "pni +N+P+R", "patchcore (anomalib)"),
+    ]
+    lines = ["", "Component contributions (metric differences, 4 decimals):", ""]
+    lines += ["| category | step | " + " | ".join(keys) + " | target met |", "|" + "---|" * (len(keys) + 3)]
+    for category in categories:
+        by_config = {r["config"]: r for r in rows if r["category"] == category}
+        for step, new, old in steps:
+            if new not in by_config or old not in by_config:
+                continue
+            deltas = [by_config[new][k] - by_config[old][k] for k in keys]
+            met = "yes" if all(d >= 0 for d in deltas) else "no"
+            cells = " | ".join(f"{d:+.4f}" for d in deltas)
+            lines.append(f"| {category} | {step} | {cells} | {met if step.startswith('PNI') else ''} |")
+    return lines
+
+
+def diagnostics_lines(rows: list[dict]) -> list[str]:
+    """Table of the neighbourhood-term diagnostics (see :func:`neighbourhood_diagnostics`)."""
+    diags = [(r["category"], r["n_diagnostics"]) for r in rows if "n_diagnostics" in r]
+    if not diags:
+        return []
+    lines = [
+        "",
+        "N diagnostics (test split, first backbone; normal = patch cell outside the mask, anomalous = > 50 % inside):",
+        "",
+        "| category | full set | allowed classes | allowed pairs | MLP top-1 n/a | entropy / log(C) n/a"
+        " | NN class allowed n/a | score increase n/a |",
+        "|" + "---|" * 8,
+    ]
+    for category, d in diags:
+        lines.append(
+            f"| {category} | {d['full_set_fraction']:.3f} | {d['allowed_class_fraction']:.3f}"
+            f" | {d['allowed_pair_fraction']:.3f}"
+            f" | {d['mlp_top1_normal']:.2f} / {d['mlp_top1_anomalous']:.2f}"
+            f" | {d['entropy_norm_normal']:.2f} / {d['entropy_norm_anomalous']:.2f}"
+            f" | {d['nn_class_allowed_normal']:.3f} / {d['nn_class_allowed_anomalous']:.3f}"
+            f" | {100 * d['score_rel_increase_normal']:.3f} % / {100 * d['score_rel_increase_anomalous']:.3f} % |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -178,6 +178,64 @@ def test_position_swap_scored_higher_by_p_than_by_plain_nn():
     assert float(p_swapped.min()) > 5 * float(nn_swapped.max())
 
 
+def test_context_swap_scored_higher_by_n_than_by_plain_nn():
+    """A normal feature in the wrong neighbourhood: the trained MLP excludes its class, plain NN cannot.
+
+    Exercises the whole N path (MLP targets and training, temperature softmax, ``tau`` threshold, class -> embedding
+    entry masking); a mask that never excludes the swapped feature's class (tau too low, flat MLP, rank/id mix-up)
+    leaves the score at the plain nearest-neighbour distance and fails the test.
+    """
+    torch.manual_seed(0)
+    scorer = PniScorer(
+        backbone="resnet18",
+        pre_trained=False,
+        coreset_ratio=0.5,
+        distribution_size=8,
+        window=3,
+        mlp_layers=2,
+        mlp_width=32,
+        mlp_channels=32,
+        mlp_dropout=0.0,
+        use_neighbourhood=True,
+        use_position=False,
+    )
+    gen = torch.Generator().manual_seed(1)
+    dim = scorer.feature_dim
+    even, odd = torch.randn(dim, generator=gen) * 3, torch.randn(dim, generator=gen) * 3
+    parity = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2  # checkerboard: context fixes the centre
+
+    def images(n: int) -> torch.Tensor:
+        base = torch.where(parity.bool()[None, None], odd[None, :, None, None], even[None, :, None, None])
+        return base + torch.randn(n, dim, 8, 8, generator=gen) * 0.1
+
+    train = images(6)
+    targets = scorer.fit_memory(train)
+    padded = scorer.pad_for_mlp(train)
+    optimizer = torch.optim.Adam(scorer.mlp.parameters(), lr=1e-2)
+    scorer.mlp.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        scorer.mlp_loss(padded, targets, torch.arange(targets.numel())).backward()
+        optimizer.step()
+    scorer.eval()
+
+    normal, swapped = images(2), images(2)
+    swapped[:, :, 4, 4] = odd + torch.randn(dim, generator=gen) * 0.1  # (4, 4) is an "even" cell
+    with torch.no_grad():
+        probs = scorer.neighbourhood_probabilities(swapped)
+        n_normal = scorer.patch_scores(normal)
+        n_swapped = scorer.patch_scores(swapped)
+        scorer.search = "sparse" if scorer.last_density > scorer.sparse_density else "dense"  # the other path
+        torch.testing.assert_close(scorer.patch_scores(swapped), n_swapped, rtol=1e-3, atol=5e-3)  # dense: GEMM form
+        scorer.use_neighbourhood = False  # plain nearest neighbour, as PatchCore
+        nn_swapped = scorer.patch_scores(swapped)
+    odd_class = scorer.emb_to_dist[torch.cdist(odd[None], scorer.embedding_coreset).argmin()]
+    assert float(probs.reshape(2, 8, 8, -1)[:, 4, 4, odd_class].max()) < scorer.tau  # excluded by the context
+    assert float(nn_swapped[:, 0, 4, 4].max()) < 2 * float(n_normal.max())  # NN sees nothing unusual
+    assert float(n_swapped[:, 0, 4, 4].min()) > 5 * float(n_normal.max())  # N flags the swapped cell
+    assert float(n_swapped[:, 0, 4, 4].min()) > 5 * float(nn_swapped.max())
+
+
 # ---------------------------------------------------------------- model level
 def test_refinement_loss_values():
     target = torch.zeros(1, 1, 4, 4)

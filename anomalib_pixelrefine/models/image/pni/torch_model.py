@@ -504,6 +504,7 @@ class PniScorer(DynamicBufferMixin):
             scores = self.masked_nearest_many(patches, masks).mean(0)
         else:
             scores = nearest_neighbour(patches, self.embedding_coreset)[0]
+            self.last_density = 1.0  # every (patch, entry) pair compared
         return scores.reshape(batch, 1, height, width)
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
