@@ -18,12 +18,47 @@ from anomalib.models import AnomalibModule
 
 logger = logging.getLogger(__name__)
 
-# Settings that let each model train on the embedded data in about a minute per category on 2 CPU cores.
+# Settings that let each model train on the embedded data in about a minute per category on 2 CPU cores
+# (random backbone weights: nothing is downloaded). ``max_epochs`` is the demo's default for models whose epochs the
+# trainer sets (Pae, FeatureEnsemble); Padim/Patchcore/Pni fix their own epochs. Pae and Pni use the settings of
+# their benchmarks (benchmarks/results/pae.md, pni.md).
 DEMO_MODELS: dict[str, dict[str, Any]] = {
     "Padim": {"class_path": "anomalib.models.Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}},
     "Patchcore": {
         "class_path": "anomalib.models.Patchcore",
         "init_args": {"backbone": "resnet18", "pre_trained": False, "coreset_sampling_ratio": 0.1},
+    },
+    "Pae": {
+        "class_path": "anomalib_pixelrefine.models.image.pae.Pae",
+        "init_args": {"channels": [32, 64], "alpha": 0.2, "lam": 1.0, "decomposition_steps": 30},
+        "max_epochs": 10,
+    },
+    "Pni": {
+        "class_path": "anomalib_pixelrefine.models.image.pni.Pni",
+        "init_args": {
+            "backbone": "resnet18",
+            "pre_trained": False,
+            "coreset_ratio": 0.1,
+            "distribution_size": 256,
+            "window": 5,
+            "mlp_layers": 3,
+            "mlp_width": 256,
+            "mlp_channels": 32,
+            "mlp_epochs": 8,
+            "refine_epochs": 15,
+            "refine_channels": [8, 16, 32],
+        },
+    },
+    "FeatureEnsemble": {
+        "class_path": "anomalib_pixelrefine.models.image.feature_ensemble.FeatureEnsemble",
+        "init_args": {
+            "members": [
+                {"backbone": "resnet18", "layers": ["layer2", "layer3"], "pre_trained": False},
+                {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"], "pre_trained": False},
+            ],
+            "hidden": 256,
+        },
+        "max_epochs": 8,
     },
 }
 
@@ -31,6 +66,12 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 def _import_class(class_path: str) -> type:
     module_name, _, class_name = class_path.rpartition(".")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def demo_max_epochs(model: str) -> int | None:
+    """The demo's default training epochs of a :data:`DEMO_MODELS` entry (``None``: the model's/trainer's own)."""
+    names = {name.lower(): name for name in DEMO_MODELS}
+    return DEMO_MODELS[names[model.lower()]].get("max_epochs") if model.lower() in names else None
 
 
 def make_evaluator() -> Evaluator:
@@ -109,7 +150,7 @@ def run_demo(
         results_dir: anomalib's results folder (checkpoints).
         categories: Categories to run; all default categories when omitted.
         image_size: Side of the square images the data are written at and the model is fed.
-        max_epochs: Training epochs; the model's own default when omitted.
+        max_epochs: Training epochs; when omitted, the demo default of the model (:data:`DEMO_MODELS`) or its own.
         post_processor: Optional refining post-processor (``f2pad``, ``paedid``).
         include_elpv: Add the ELPV solar-cell category; by default only when ``elpv-dataset`` is installed.
         seed: Seed of the data generation and the training.
@@ -130,7 +171,8 @@ def run_demo(
         # Thresholds are calibrated on held-out test images, so "Dice" is the Dice a user gets at the threshold.
         datamodule = default_datamodule(path, image_size=image_size, seed=seed, val_split_mode="from_test")
         anomaly_model = build_demo_model(model, image_size=image_size, post_processor=post_processor)
-        engine_kwargs: dict[str, Any] = {"max_epochs": max_epochs} if max_epochs is not None else {}
+        epochs = max_epochs if max_epochs is not None else demo_max_epochs(model)
+        engine_kwargs: dict[str, Any] = {"max_epochs": epochs} if epochs is not None else {}
         engine = Engine(
             default_root_dir=Path(results_dir) / category,
             accelerator="cpu",

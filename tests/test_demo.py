@@ -35,3 +35,19 @@ def test_format_table_lists_rows_and_columns():
     table = format_table({"a": {"x": 0.5, "y": 1.0}, "b": {"x": 0.25}}, title="t")
     assert "| category | x | y |" in table
     assert "| b | 0.250 |  |" in table
+
+
+@pytest.mark.parametrize("model", ["Pae", "Pni", "FeatureEnsemble"])
+def test_demo_runs_our_models(tmp_path, model):
+    """``pixelrefine demo --model <ours>``: the demo settings train and test each of our models offline."""
+    results = run_demo(
+        model=model,
+        root=str(tmp_path / "data"),
+        results_dir=str(tmp_path / "results"),
+        categories=["brick"],
+        image_size=32,
+        max_epochs=1,
+    )
+    row = results["brick"]
+    assert 0.0 <= row["pixel_AUROC"] <= 1.0
+    assert 0.0 <= row["pixel_BestDice"] <= 1.0

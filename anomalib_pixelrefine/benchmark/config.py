@@ -85,8 +85,8 @@ QUICK_PROFILE: dict[str, Any] = {
                 },
                 {
                     "class_path": "Pae",
-                    "init_args": {"channels": [16, 32], "decomposition_steps": 10},
-                    "engine": {"max_epochs": 2},
+                    "init_args": {"channels": [16, 32], "alpha": 0.2},
+                    "engine": {"max_epochs": 8},
                 },
                 {
                     "class_path": "Pni",
@@ -110,7 +110,7 @@ QUICK_PROFILE: dict[str, Any] = {
             "grid": [
                 "default",
                 {"class_path": "f2pad", "init_args": {"max_iters": 15, "check_every": 5}},
-                {"class_path": "paedid", "init_args": {"channels": [16, 32], "pae_epochs": 2, "steps": 10}},
+                {"class_path": "paedid", "init_args": {"channels": [16, 32], "pae_epochs": 8}},
             ],
         },
         "data": {

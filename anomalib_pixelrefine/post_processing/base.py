@@ -185,7 +185,8 @@ class RefiningPostProcessor(PostProcessor):
         if self._train_images and not bool(self.prior_fitted):
             images = torch.cat(self._train_images).clamp(0, 1)
             self._train_images = []
-            with torch.inference_mode(False), torch.enable_grad():
+            # Forked RNG: the prior's seeded fitting must not reset the host's random stream mid-training.
+            with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
                 self.fit_prior(images.clone())
             self.prior_fitted.fill_(True)
 

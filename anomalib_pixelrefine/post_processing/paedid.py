@@ -89,9 +89,9 @@ class PaedidRefiner(RefiningPostProcessor):
         alpha: float = 0.1,
         pae_epochs: int = 20,
         pae_lr: float = 1e-3,
-        lam: float = 0.5,
-        steps: int = 100,
-        lr: float = 0.01,
+        lam: float = 1.0,
+        steps: int = 30,
+        lr: float = 0.05,
         noisy: bool = False,
         lam_ssim: float = 1.0,
         **kwargs: Any,
@@ -109,12 +109,16 @@ class PaedidRefiner(RefiningPostProcessor):
         self.lr = lr
         self.noisy = noisy
         self.lam_ssim = lam_ssim
-        self.pae = PaeModel(
-            channels=self.channels,
-            aggregation_length=aggregation_length,
-            num_neighbors=num_neighbors,
-            alpha=alpha,
-        )
+        # Seeded PAE initialisation on a forked RNG: attaching the refiner must not change the global random stream
+        # (otherwise a host built after it, e.g. a randomly initialised backbone, would get different weights).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.pae = PaeModel(
+                channels=self.channels,
+                aggregation_length=aggregation_length,
+                num_neighbors=num_neighbors,
+                alpha=alpha,
+            )
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
