@@ -16,7 +16,7 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
 from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner, get_scorer, register_scorer
-from anomalib_pixelrefine.post_processing.f2pad import crop_boxes, gather_crops, scatter_crops
+from anomalib_pixelrefine.post_processing.f2pad import crop_boxes, crop_groups, gather_crops, scatter_crops
 from anomalib_pixelrefine.post_processing.optim import (
     PixelAdan,
     bilateral_weights,
@@ -190,6 +190,19 @@ def test_crops_roundtrip() -> None:
     assert crops.sum() == roi.sum()  # each ROI lies entirely in its crop
     back = scatter_crops(torch.zeros(2, 1, 64, 64), crops, offsets)
     assert torch.equal(back.bool(), roi)
+
+
+def test_crop_groups_keep_each_image_crop_small() -> None:
+    roi = torch.zeros(3, 1, 128, 128, dtype=torch.bool)
+    roi[0, :, 5:9, 40:50] = True  # small ROI
+    roi[1, :, 10:100, 20:110] = True  # large ROI
+    roi[2, :, 70:75, 70:80] = True  # small ROI, same crop size as image 0
+    groups = crop_groups(roi, context=4, align=32)
+    sizes = {tuple(index.tolist()): size for index, _, size in groups}
+    assert sizes == {(0, 2): (32, 32), (1,): (128, 128)}
+    for index, offsets, size in groups:
+        crops = gather_crops(roi[index].float(), offsets, size)
+        assert crops.sum() == roi[index].sum()
 
 
 # ---------------------------------------------------------------------------------------------- optimiser

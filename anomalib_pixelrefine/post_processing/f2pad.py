@@ -46,11 +46,11 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
 
 
-def crop_boxes(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One common crop size covering every image's ROI bounding box plus ``context`` pixels, aligned to ``align``.
+def crop_extents(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image crops covering each ROI's bounding box plus ``context`` pixels, with edges aligned to ``align``.
 
     Returns:
-        ``(offsets (B, 2), (crop_h, crop_w))``.
+        ``(offsets (B, 2), sizes (B, 2))``: top-left corners (multiples of ``align``) and ``(h, w)`` of the crops.
     """
     _, _, h, w = roi.shape
     rows, cols = roi[:, 0].any(2), roi[:, 0].any(1)
@@ -62,16 +62,42 @@ def crop_boxes(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tenso
     x1 = torch.where(cols, idx_w, -1).amax(1) + 1 + context
     align_h = align if h % align == 0 else 1
     align_w = align if w % align == 0 else 1
-    # Aligned extents (crop offsets stay multiples of the feature strides), one common size, shifted inside the image.
+    # Aligned extents: crop offsets stay multiples of the feature strides.
     y0 = torch.div(y0.clamp_min(0), align_h, rounding_mode="floor") * align_h
     x0 = torch.div(x0.clamp_min(0), align_w, rounding_mode="floor") * align_w
     y1 = torch.div(y1.clamp_max(h) + align_h - 1, align_h, rounding_mode="floor") * align_h
     x1 = torch.div(x1.clamp_max(w) + align_w - 1, align_w, rounding_mode="floor") * align_w
-    crop_h = min(h, int((y1 - y0).max()))
-    crop_w = min(w, int((x1 - x0).max()))
-    cy = y0.clamp(0, h - crop_h)
-    cx = x0.clamp(0, w - crop_w)
+    return torch.stack([y0, x0], 1), torch.stack([(y1 - y0).clamp(1, h), (x1 - x0).clamp(1, w)], 1)
+
+
+def crop_boxes(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One common crop size covering every image's ROI bounding box plus ``context`` pixels, aligned to ``align``.
+
+    Returns:
+        ``(offsets (B, 2), (crop_h, crop_w))``.
+    """
+    _, _, h, w = roi.shape
+    offsets, sizes = crop_extents(roi, context, align)
+    crop_h, crop_w = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    # One common size, shifted inside the image.
+    cy = offsets[:, 0].clamp(0, h - crop_h)
+    cx = offsets[:, 1].clamp(0, w - crop_w)
     return torch.stack([cy, cx], 1), (crop_h, crop_w)
+
+
+def crop_groups(roi: torch.Tensor, context: int, align: int) -> list[tuple[torch.Tensor, torch.Tensor, tuple]]:
+    """Images grouped by their own crop size (a common size would grow every crop to the batch's largest ROI).
+
+    Returns:
+        ``[(image indices, offsets (G, 2), (crop_h, crop_w)), ...]``, one entry per distinct crop size.
+    """
+    offsets, sizes = crop_extents(roi, context, align)
+    unique, group = torch.unique(sizes, dim=0, return_inverse=True)
+    groups = []
+    for g, (crop_h, crop_w) in enumerate(unique.tolist()):  # a few distinct (aligned) sizes per batch
+        index = (group == g).nonzero()[:, 0]
+        groups.append((index, offsets[index], (crop_h, crop_w)))
+    return groups
 
 
 def gather_crops(x: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -288,6 +314,39 @@ class F2PAD(RefiningPostProcessor):
                     break
         return n.detach().clamp(0, 1), iterations
 
+    def _refine_crops(
+        self,
+        x: torch.Tensor,
+        n0_full: torch.Tensor,
+        roi: torch.Tensor,
+        m0: torch.Tensor,
+        offsets: torch.Tensor,
+        size: tuple[int, int],
+        scorer: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Optimise crops of one common ``size`` -> (full-size anomaly maps, backgrounds, iterations)."""
+        h, w = x.shape[-2:]
+        x_c = gather_crops(x, offsets, size)
+        n0_c = gather_crops(n0_full, offsets, size)
+        roi_c = gather_crops(roi.float(), offsets, size) > 0.5
+        region = roi_c if self.roi_local else torch.ones_like(roi_c)
+        beta = self.beta0 / m0.flatten(1).sum(1).clamp_min(1).to(x.dtype)
+        scorer_loss, ln_ref = None, None
+        if scorer is not None:
+            scorer.prepare(self.to_input(n0_c), region.float(), offsets, (h, w))
+            with torch.no_grad():
+                ln_ref = scorer.loss(self.to_input(n0_c)).clamp_min(1e-6)
+            scorer_loss = scorer.loss
+        n_c, its = self.optimise(x_c, n0_c, region, beta, scorer_loss, ln_ref, self.max_iters)
+        if self.reestimate:
+            mask_c = self.binarise((x_c - n_c).pow(2).sum(1, keepdim=True).sqrt() * roi_c)
+            n_c, _ = self.optimise(
+                x_c, n_c, dilate(mask_c, 1), torch.zeros_like(beta), scorer_loss, ln_ref, self.reestimate_iters
+            )
+        amap_c = (x_c - n_c).pow(2).sum(1, keepdim=True).sqrt() * roi_c
+        amap = scatter_crops(torch.zeros_like(x[:, :1]), amap_c, offsets)
+        return amap, scatter_crops(x.clone(), n_c, offsets), its
+
     # ------------------------------------------------------------------ refinement
     def refine_maps(
         self,
@@ -306,38 +365,23 @@ class F2PAD(RefiningPostProcessor):
         background = pixels.clone()
         iterations = torch.zeros(b, dtype=torch.long)
         todo = roi_full.flatten(1).any(1).nonzero()[:, 0]
+        groups, scorer, n0_full = [], None, None
         if len(todo) > 0:
-            x = pixels[todo]
-            roi = roi_full[todo]
-            m0 = initial_masks[todo]
             scorer = get_scorer(host_model, num_candidates=self.num_candidates) if self.max_iters > 0 else None
+            n0_full = self.initial_background(pixels[todo], dilate(initial_masks[todo], 1), host_maps[todo])
             if self.roi_local and not (scorer is not None and scorer.needs_full_image):
-                offsets, size = crop_boxes(roi, self.context, align=32)
+                groups = crop_groups(roi_full[todo], self.context, align=32)
             else:
-                offsets, size = torch.zeros(len(todo), 2, dtype=torch.long, device=x.device), (h, w)
-            n0_full = self.initial_background(x, dilate(m0, 1), host_maps[todo])
-            x_c = gather_crops(x, offsets, size)
-            n0_c = gather_crops(n0_full, offsets, size)
-            roi_c = gather_crops(roi.float(), offsets, size) > 0.5
-            region = roi_c if self.roi_local else torch.ones_like(roi_c)
-            beta = self.beta0 / m0.flatten(1).sum(1).clamp_min(1).to(x.dtype)
-            scorer_loss, ln_ref = None, None
-            if scorer is not None:
-                scorer.prepare(self.to_input(n0_c), region.float(), offsets, (h, w))
-                with torch.no_grad():
-                    ln_ref = scorer.loss(self.to_input(n0_c)).clamp_min(1e-6)
-                scorer_loss = scorer.loss
-            n_c, its = self.optimise(x_c, n0_c, region, beta, scorer_loss, ln_ref, self.max_iters)
-            iterations[todo.cpu()] = its.cpu()
-            if self.reestimate:
-                mask_c = self.binarise((x_c - n_c).pow(2).sum(1, keepdim=True).sqrt() * roi_c)
-                n_c, _ = self.optimise(
-                    x_c, n_c, dilate(mask_c, 1), torch.zeros_like(beta), scorer_loss, ln_ref, self.reestimate_iters
-                )
-            amap_c = (x_c - n_c).pow(2).sum(1, keepdim=True).sqrt() * roi_c
-            full = scatter_crops(torch.zeros_like(host_maps[todo]), amap_c, offsets)
-            refined[todo] = torch.where(roi, full, refined[todo])
-            background[todo] = scatter_crops(x.clone(), n_c, offsets)
+                zeros = torch.zeros(len(todo), 2, dtype=torch.long, device=pixels.device)
+                groups = [(torch.arange(len(todo), device=pixels.device), zeros, (h, w))]
+        for index, offsets, size in groups:
+            sel = todo[index]
+            amap, n_full, its = self._refine_crops(
+                pixels[sel], n0_full[index], roi_full[sel], initial_masks[sel], offsets, size, scorer
+            )
+            refined[sel] = torch.where(roi_full[sel], amap, refined[sel])
+            background[sel] = n_full
+            iterations[sel.cpu()] = its.cpu()
         self.last_info = {
             "iterations": iterations,
             "seconds": time.perf_counter() - start,

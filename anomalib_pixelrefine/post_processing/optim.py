@@ -27,9 +27,14 @@ def mog_prior(n: torch.Tensor, means: torch.Tensor, inv_covs: torch.Tensor, weig
     Returns:
         ``(B,)``.
     """
-    delta = n.permute(0, 2, 3, 1).unsqueeze(-2) - means  # (B, H, W, Q, 3)
-    maha = torch.einsum("bhwqc,qcd,bhwqd->bhwq", delta, inv_covs, delta)
-    return (maha.amin(-1) * weight[:, 0]).flatten(1).sum(1)
+    # Λ_q^-1 = L_q L_qᵀ: (n - μ_q)ᵀ Λ_q^-1 (n - μ_q) = ||L_qᵀ n - L_qᵀ μ_q||², all components in one 1x1 conv.
+    b, _, h, w = n.shape
+    q = means.shape[0]
+    chol_t = torch.linalg.cholesky(inv_covs).transpose(1, 2)  # (Q, 3, 3): L_qᵀ
+    bias = -torch.einsum("qdc,qc->qd", chol_t, means).reshape(-1)
+    z = F.conv2d(n, chol_t.reshape(3 * q, 3, 1, 1), bias)  # (B, 3Q, H, W)
+    maha = z.view(b, q, 3, h, w).pow(2).sum(2)  # (B, Q, H, W)
+    return (maha.amin(1) * weight[:, 0]).flatten(1).sum(1)
 
 
 def total_variation(n: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -166,12 +166,17 @@ class PatchcoreScorer(FeatureScorer):
         dist = PatchcoreModel.euclidean_dist(query, bank)
         index = dist.topk(k, largest=False, dim=1).indices  # (P, k)
         self.candidates = bank[index]  # (P, k, C)
+        self.candidate_sq_norms = self.candidates.pow(2).sum(-1)  # (P, k)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ROI cells of ``min_m ||f_ij - m||``."""
         emb = self.embed(x).permute(0, 2, 3, 1)
         query = emb[self.grid_mask]  # (P, C)
-        dist = ((query.unsqueeze(1) - self.candidates).pow(2).sum(-1) + 1e-12).sqrt().amin(1)
+        with torch.no_grad():  # nearest candidate by one batched matmul (||q||^2 is constant per row)
+            scores = self.candidate_sq_norms - 2 * torch.bmm(self.candidates, query.unsqueeze(-1)).squeeze(-1)
+            nearest = self.candidates[torch.arange(len(query), device=x.device), scores.argmin(1)]  # (P, C)
+        # Exact distance to it: same value and (sub)gradient as min over all candidates, without a (P, |M|, C) graph.
+        dist = ((query - nearest).pow(2).sum(-1) + 1e-12).sqrt()
         batch_index = self.grid_mask.nonzero()[:, 0]
         return torch.zeros(x.shape[0], dtype=dist.dtype, device=x.device).index_add(0, batch_index, dist)
 
@@ -212,14 +217,19 @@ class PadimScorer(FeatureScorer):
         gx = cells[:, 2] + torch.div(offset[cells[:, 0], 1], stride, rounding_mode="floor")
         loc = gy * full_w + gx
         self.loc_mean = self.mean[:, loc].T.to(x0.dtype)  # (P, C)
-        self.loc_inv = self.inv_cov[loc].to(x0.dtype)  # (P, C, C)
+        inv = self.inv_cov[loc].to(x0.dtype)
+        self.loc_inv = 0.5 * (inv + inv.transpose(1, 2))  # (P, C, C), exactly symmetric (see loss)
         self.batch_index = cells[:, 0]
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ROI cells of ``(f - mu)^T Σ^-1 (f - mu)``."""
         emb = self.embed(x).permute(0, 2, 3, 1)[self.grid_mask]
         delta = emb - self.loc_mean
-        dist = torch.einsum("pc,pcd,pd->p", delta, self.loc_inv, delta)
+        # q = δᵀAδ with one batched mat-vec: y = Aδ (no graph), q = δ·y; the gradient of q is 2Aδ = 2y for a
+        # symmetric A, so ``2 δ·y - q.detach()`` has q's value and q's exact gradient (autograd would add Aᵀδ again).
+        y = torch.bmm(self.loc_inv, delta.detach().unsqueeze(-1)).squeeze(-1)
+        quad = (delta * y).sum(-1)
+        dist = 2 * quad - quad.detach()
         return torch.zeros(x.shape[0], dtype=dist.dtype, device=x.device).index_add(0, self.batch_index, dist)
 
 
