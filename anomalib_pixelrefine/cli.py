@@ -20,12 +20,14 @@ Example:
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from anomalib.cli import AnomalibCLI
+from anomalib.cli.utils.help_formatter import REQUIRED_ARGUMENTS, CustomHelpFormatter
 from anomalib.loggers import configure_logger
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 # Importing the models registers them as ``AnomalibModule`` subclasses, which is what makes ``--model Pni`` resolve.
 from anomalib_pixelrefine import models as _models
@@ -54,6 +56,21 @@ _DESCRIPTION = (
     f"Post-processors (--post_processor NAME): {', '.join(POST_PROCESSORS)}. "
     "Extra commands: 'demo' (train/test on the embedded default data, offline) and 'benchmark'."
 )
+
+
+class PixelRefineHelpFormatter(CustomHelpFormatter):
+    """anomalib's help formatter with this package's models and post-processors listed first.
+
+    anomalib's formatter shows only a quick-start guide for ``train``/``fit``/``test``/... at the default verbosity,
+    so the parser description (where ``pixelrefine --help`` lists our models) would not be shown there.
+    """
+
+    def format_help(self) -> str:
+        """Return anomalib's help, preceded by our models and post-processors where anomalib shows only its guide."""
+        help_text = super().format_help()
+        if self.subcommand in REQUIRED_ARGUMENTS and self.verbosity_level in {0, 1}:
+            return f"{textwrap.fill(_DESCRIPTION, width=80, break_on_hyphens=False)}\n\n{help_text}"
+        return help_text
 
 
 def translate_post_processor_args(args: Sequence[str]) -> list[str]:
@@ -130,7 +147,16 @@ class PixelRefineCLI(AnomalibCLI):
     def init_parser(**kwargs: Any) -> ArgumentParser:
         """Create a parser whose help lists this package's models and post-processors."""
         kwargs.setdefault("description", _DESCRIPTION)
-        return AnomalibCLI.init_parser(**kwargs)
+        kwargs.setdefault("dump_header", [f"anomalib=={_anomalib_version()}"])
+        # As AnomalibCLI.init_parser, with a formatter that also lists our models in the sub-commands' help.
+        parser = ArgumentParser(formatter_class=PixelRefineHelpFormatter, **kwargs)
+        parser.add_argument(
+            "-c",
+            "--config",
+            action=ActionConfigFile,
+            help="Path to a configuration file in json or yaml format.",
+        )
+        return parser
 
     @staticmethod
     def anomalib_subcommands() -> dict[str, dict[str, str]]:
@@ -163,6 +189,12 @@ class PixelRefineCLI(AnomalibCLI):
 
         with pixelrefine_pipelines():
             super()._run_subcommand()
+
+
+def _anomalib_version() -> str:
+    from anomalib import __version__
+
+    return __version__
 
 
 def _plain_kwargs(config: Any) -> dict[str, Any]:

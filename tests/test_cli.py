@@ -88,3 +88,15 @@ def test_pixelrefine_cli_resolves_short_names_and_the_post_processor_alias(tmp_p
     assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.Pae\n", result.stdout)
     assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.PaedidRefiner\n", result.stdout)
     assert "steps: 7" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["test"]])
+def test_help_lists_our_models_and_post_processors(command):
+    """``pixelrefine --help`` and ``pixelrefine train --help`` (anomalib shows only its guide there) list our names."""
+    result = _run(sys.executable, "-m", "anomalib_pixelrefine.cli", *command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())  # rich wraps lines
+    for name in ("FeatureEnsemble", "Pae", "Pni", "f2pad", "paedid"):
+        assert name in text, text[:2000]
+    if command:
+        assert "Anomalib CLI Guide" in text  # anomalib's own guide is still shown
