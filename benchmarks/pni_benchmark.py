@@ -119,6 +119,11 @@ def neighbourhood_diagnostics(model, datamodule) -> dict:
         out[f"entropy_norm_{name}"] = float(values["entropy"][selected].mean())
         out[f"nn_class_allowed_{name}"] = float(values["nn_allowed"][selected].mean())
         out[f"score_rel_increase_{name}"] = float(values["rel_delta"][selected].mean())
+        excluded = selected & (values["nn_allowed"] == 0)  # nearest entry's class masked out by N
+        out[f"n_{name}_nn_excluded"] = int(excluded.sum())
+        out[f"score_rel_increase_{name}_if_excluded"] = (
+            float(values["rel_delta"][excluded].mean()) if excluded.any() else 0.0
+        )
     return out
 
 
@@ -382,8 +387,8 @@ def diagnostics_lines(rows: list[dict]) -> list[str]:
         "N diagnostics (test split, first backbone; normal = patch cell outside the mask, anomalous = > 50 % inside):",
         "",
         "| category | full set | allowed classes | allowed pairs | MLP top-1 n/a | entropy / log(C) n/a"
-        " | NN class allowed n/a | score increase n/a |",
-        "|" + "---|" * 8,
+        " | NN class allowed n/a | score increase n/a | increase if NN class excluded n/a |",
+        "|" + "---|" * 9,
     ]
     for category, d in diags:
         lines.append(
@@ -392,7 +397,9 @@ def diagnostics_lines(rows: list[dict]) -> list[str]:
             f" | {d['mlp_top1_normal']:.2f} / {d['mlp_top1_anomalous']:.2f}"
             f" | {d['entropy_norm_normal']:.2f} / {d['entropy_norm_anomalous']:.2f}"
             f" | {d['nn_class_allowed_normal']:.3f} / {d['nn_class_allowed_anomalous']:.3f}"
-            f" | {100 * d['score_rel_increase_normal']:.3f} % / {100 * d['score_rel_increase_anomalous']:.3f} % |"
+            f" | {100 * d['score_rel_increase_normal']:.3f} % / {100 * d['score_rel_increase_anomalous']:.3f} %"
+            f" | {100 * d['score_rel_increase_normal_if_excluded']:.1f} %"
+            f" / {100 * d['score_rel_increase_anomalous_if_excluded']:.1f} % |"
         )
     return lines
 
