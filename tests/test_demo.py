@@ -5,15 +5,20 @@ import pytest
 from anomalib_pixelrefine.demo import build_demo_model, format_table, run_demo
 
 
-def test_demo_trains_and_reports_image_pixel_and_dice_metrics(tmp_path, capsys):
-    results = run_demo(
-        model="Padim",
+def _tiny_demo(tmp_path, model: str, category: str) -> dict[str, dict[str, float]]:
+    """``run_demo`` on one category at 32 px, one epoch."""
+    return run_demo(
+        model=model,
         root=str(tmp_path / "data"),
         results_dir=str(tmp_path / "results"),
-        categories=["gravel"],
+        categories=[category],
         image_size=32,
         max_epochs=1,
     )
+
+
+def test_demo_trains_and_reports_image_pixel_and_dice_metrics(tmp_path, capsys):
+    results = _tiny_demo(tmp_path, "Padim", "gravel")
     row = results["gravel"]
     for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_Dice", "pixel_IoU", "pixel_BestDice", "pixel_SPRO"):
         assert key in row, sorted(row)
@@ -40,14 +45,7 @@ def test_format_table_lists_rows_and_columns():
 @pytest.mark.parametrize("model", ["Pae", "Pni", "FeatureEnsemble"])
 def test_demo_runs_our_models(tmp_path, model):
     """``pixelrefine demo --model <ours>``: the demo settings train and test each of our models offline."""
-    results = run_demo(
-        model=model,
-        root=str(tmp_path / "data"),
-        results_dir=str(tmp_path / "results"),
-        categories=["brick"],
-        image_size=32,
-        max_epochs=1,
-    )
+    results = _tiny_demo(tmp_path, model, "brick")
     row = results["brick"]
     assert 0.0 <= row["pixel_AUROC"] <= 1.0
     assert 0.0 <= row["pixel_BestDice"] <= 1.0
