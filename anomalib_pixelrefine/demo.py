@@ -30,7 +30,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     },
     "Pae": {
         "class_path": "anomalib_pixelrefine.models.image.pae.Pae",
-        "init_args": {"channels": [32, 64], "alpha": 0.2, "lam": 1.0, "decomposition_steps": 30},
+        "init_args": {"alpha": 0.2},
         "max_epochs": 10,
     },
     "Pni": {
@@ -68,10 +68,10 @@ def _import_class(class_path: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def demo_max_epochs(model: str) -> int | None:
-    """The demo's default training epochs of a :data:`DEMO_MODELS` entry (``None``: the model's/trainer's own)."""
+def demo_spec(model: str) -> dict[str, Any] | None:
+    """The :data:`DEMO_MODELS` entry of ``model`` (case-insensitive), ``None`` for other names."""
     names = {name.lower(): name for name in DEMO_MODELS}
-    return DEMO_MODELS[names[model.lower()]].get("max_epochs") if model.lower() in names else None
+    return DEMO_MODELS[names[model.lower()]] if model.lower() in names else None
 
 
 def make_evaluator() -> Evaluator:
@@ -112,9 +112,8 @@ def build_demo_model(
     Raises:
         ValueError: If the model name is unknown.
     """
-    names = {name.lower(): name for name in DEMO_MODELS}
-    if model.lower() in names:
-        spec = DEMO_MODELS[names[model.lower()]]
+    spec = demo_spec(model)
+    if spec is not None:
         model_cls = _import_class(spec["class_path"])
         init_args = {**spec["init_args"], **model_kwargs}
     elif "." in model:
@@ -171,7 +170,7 @@ def run_demo(
         # Thresholds are calibrated on held-out test images, so "Dice" is the Dice a user gets at the threshold.
         datamodule = default_datamodule(path, image_size=image_size, seed=seed, val_split_mode="from_test")
         anomaly_model = build_demo_model(model, image_size=image_size, post_processor=post_processor)
-        epochs = max_epochs if max_epochs is not None else demo_max_epochs(model)
+        epochs = max_epochs if max_epochs is not None else (demo_spec(model) or {}).get("max_epochs")
         engine_kwargs: dict[str, Any] = {"max_epochs": epochs} if epochs is not None else {}
         engine = Engine(
             default_root_dir=Path(results_dir) / category,

@@ -1,15 +1,17 @@
 """Attaching a refining post-processor must not change the global random stream (host initialisation/training)."""
 
+import pytest
 import torch
 
-from anomalib_pixelrefine.post_processing import PaedidRefiner
+from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner
 
 
-def test_paedid_refiner_construction_leaves_the_global_rng_alone() -> None:
+@pytest.mark.parametrize("build", [lambda: PaedidRefiner(channels=(8, 16)), lambda: F2PAD(init="pae")])
+def test_refiner_construction_leaves_the_global_rng_alone(build) -> None:
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
-    PaedidRefiner(channels=(8, 16))
+    build()
     assert torch.equal(torch.rand(4), expected)
 
 

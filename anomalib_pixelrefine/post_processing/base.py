@@ -16,6 +16,7 @@ The refiner is a Lightning callback (as anomalib's ``PostProcessor``), so it see
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,6 +50,17 @@ def _find_normalize(module: nn.Module | None) -> Normalize | None:
         if item is not None and hasattr(item, "transforms"):
             stack.extend(item.transforms)
     return None
+
+
+def seeded_module(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module with seeded initial weights, leaving the global random stream untouched.
+
+    A refiner is constructed before or with its host; consuming the global stream here would change the weights of a
+    randomly initialised host built afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
 
 
 def _is_exporting() -> bool:

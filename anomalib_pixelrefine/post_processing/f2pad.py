@@ -21,7 +21,7 @@ from torch import nn
 
 from anomalib_pixelrefine.models.image.pae import PaeModel
 
-from .base import RefiningPostProcessor
+from .base import RefiningPostProcessor, seeded_module
 from .optim import (
     PixelAdan,
     bilateral_weights,
@@ -202,7 +202,7 @@ class F2PAD(RefiningPostProcessor):
         self.register_buffer("mog_inv_covs", torch.eye(3).repeat(n_components, 1, 1))
         self.mog_means: torch.Tensor
         self.mog_inv_covs: torch.Tensor
-        self.pae = PaeModel(channels=(32, 64)) if init == "pae" else None
+        self.pae = seeded_module(self.seed, lambda: PaeModel(channels=(32, 64))) if init == "pae" else None
 
     _TUNABLE = (
         "alpha1", "alpha2", "beta0", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step", "gradient_sharing",

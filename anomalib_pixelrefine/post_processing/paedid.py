@@ -16,7 +16,7 @@ from torch import nn
 from anomalib_pixelrefine.models.image.pae import PaeModel, decompose, sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pae.loss import PaeLoss
 
-from .base import RefiningPostProcessor
+from .base import RefiningPostProcessor, seeded_module
 
 
 def train_pae(
@@ -109,16 +109,15 @@ class PaedidRefiner(RefiningPostProcessor):
         self.lr = lr
         self.noisy = noisy
         self.lam_ssim = lam_ssim
-        # Seeded PAE initialisation on a forked RNG: attaching the refiner must not change the global random stream
-        # (otherwise a host built after it, e.g. a randomly initialised backbone, would get different weights).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.pae = PaeModel(
+        self.pae = seeded_module(
+            self.seed,
+            lambda: PaeModel(
                 channels=self.channels,
                 aggregation_length=aggregation_length,
                 num_neighbors=num_neighbors,
                 alpha=alpha,
-            )
+            ),
+        )
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
