@@ -9,6 +9,10 @@ peak RSS is per run. Metrics are computed on the raw maps of the whole test spli
 
 Usage:
     python benchmarks/pni_benchmark.py [--image-size 128] [--categories brick grass gravel elpv] [--threads 1]
+        [--seeds 0 1 2]
+
+With several seeds, each seed builds its own data (same backgrounds, new split and defects) and trains its own models;
+the tables report the mean over seeds and a per-seed comparison of the full PNI with PatchCore.
 
 The categories default to ``anomalib_pixelrefine.data.DEFAULT_CATEGORIES`` (the three scikit-image textures + ELPV).
 The "+N" diagnostics (``n_diagnostics`` in the JSON) explain how much the neighbourhood mask changes the scores.
@@ -138,10 +142,11 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
     from anomalib_pixelrefine.models.image.pni import Pni
 
     torch.set_num_threads(args.threads)
-    paths = build_default_benchmark(args.root, categories=[args.category], image_size=args.image_size)
-    seed_everything(0)
+    root = Path(args.root) / f"seed{args.seed}"
+    paths = build_default_benchmark(root, categories=[args.category], image_size=args.image_size, seed=args.seed)
+    seed_everything(args.seed)
     size = (args.image_size, args.image_size)
-    datamodule = default_datamodule(paths[args.category], train_batch_size=8, eval_batch_size=8, seed=0)
+    datamodule = default_datamodule(paths[args.category], train_batch_size=8, eval_batch_size=8, seed=args.seed)
     datamodule.setup()
     engine = Engine(
         accelerator="cpu",
@@ -184,6 +189,7 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
     model.eval()
     common = {
         "category": args.category,
+        "seed": args.seed,
         "fit_seconds": fit_seconds,
         "train_peak_rss_mb": peak_rss,
         "rss_before_fit_mb": rss_before,
@@ -274,28 +280,30 @@ def main() -> None:
     parser.add_argument("--mlp-batch-size", type=int, default=256)
     parser.add_argument("--refine-epochs", type=int, default=15)
     parser.add_argument("--refine-channels", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="data/model seeds (results averaged)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pni"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--category", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(run_worker(args)))
         return
 
-    settings = {k: v for k, v in vars(args).items() if k not in {"worker", "model", "category", "out", "root"}}
+    settings = {k: v for k, v in vars(args).items() if k not in {"worker", "model", "category", "seed", "out", "root"}}
     worker_args = []
     for key, value in settings.items():
-        if key != "categories":
+        if key not in {"categories", "seeds"}:
             worker_args += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
     settings["command"] = " ".join(["python", *sys.argv])
     settings["load_average_start"] = list(os.getloadavg())
     rows = []
     total_start = time.perf_counter()
-    for category in args.categories:
+    for seed, category in ((seed, category) for seed in args.seeds for category in args.categories):
         for model in ("patchcore", "pni"):
             cmd = [sys.executable, __file__, "--worker", "--model", model, "--category", category, *worker_args]
-            cmd += ["--root", args.root]
+            cmd += ["--root", args.root, "--seed", str(seed)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:
@@ -305,7 +313,8 @@ def main() -> None:
             for row in json.loads(lines[-1][len("RESULT ") :]):
                 if "patchcore_ms_per_image_interleaved" in row:  # PatchCore timed next to PNI: use that time
                     for other in rows:
-                        if other["category"] == category and other["config"].startswith("patchcore"):
+                        same_run = other["category"] == category and other.get("seed", 0) == seed
+                        if same_run and other["config"].startswith("patchcore"):
                             other["inference_ms_own_process"] = other["inference_ms_per_image"]
                             other["inference_ms_per_image"] = row["patchcore_ms_per_image_interleaved"]
                             other["time_ratio_vs_patchcore"] = 1.0
@@ -366,7 +375,10 @@ def contribution_lines(rows: list[dict], keys: list[str], categories: list[str])
     lines = ["", "Component contributions (metric differences, 4 decimals):", ""]
     lines += ["| category | step | " + " | ".join(keys) + " | target met |", "|" + "---|" * (len(keys) + 3)]
     for category in categories:
-        by_config = {r["config"]: r for r in rows if r["category"] == category}
+        by_config = {}  # config -> metric means over the seeds
+        for config in dict.fromkeys(r["config"] for r in rows if r["category"] == category):
+            runs = [r for r in rows if r["category"] == category and r["config"] == config]
+            by_config[config] = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
         for step, new, old in steps:
             if new not in by_config or old not in by_config:
                 continue
@@ -374,12 +386,22 @@ def contribution_lines(rows: list[dict], keys: list[str], categories: list[str])
             met = "yes" if all(d >= 0 for d in deltas) else "no"
             cells = " | ".join(f"{d:+.4f}" for d in deltas)
             lines.append(f"| {category} | {step} | {cells} | {met if step.startswith('PNI') else ''} |")
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    if len(seeds) > 1:
+        lines += ["", "Full PNI (+N+P+R) minus PatchCore per seed:", ""]
+        lines += ["| category | seed | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+        for category in categories:
+            for seed in seeds:
+                run = {r["config"]: r for r in rows if r["category"] == category and r.get("seed", 0) == seed}
+                if "pni +N+P+R" in run and "patchcore (anomalib)" in run:
+                    deltas = [run["pni +N+P+R"][k] - run["patchcore (anomalib)"][k] for k in keys]
+                    lines.append(f"| {category} | {seed} | " + " | ".join(f"{d:+.4f}" for d in deltas) + " |")
     return lines
 
 
 def diagnostics_lines(rows: list[dict]) -> list[str]:
     """Table of the neighbourhood-term diagnostics (see :func:`neighbourhood_diagnostics`)."""
-    diags = [(r["category"], r["n_diagnostics"]) for r in rows if "n_diagnostics" in r]
+    diags = [(r["category"], r["n_diagnostics"]) for r in rows if "n_diagnostics" in r and r.get("seed", 0) == 0]
     if not diags:
         return []
     lines = [
