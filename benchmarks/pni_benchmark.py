@@ -401,12 +401,16 @@ def contribution_lines(rows: list[dict], keys: list[str], categories: list[str])
 
 def diagnostics_lines(rows: list[dict]) -> list[str]:
     """Table of the neighbourhood-term diagnostics (see :func:`neighbourhood_diagnostics`)."""
-    diags = [(r["category"], r["n_diagnostics"]) for r in rows if "n_diagnostics" in r and r.get("seed", 0) == 0]
+    first_seed = min((r.get("seed", 0) for r in rows), default=0)
+    diags = [
+        (r["category"], r["n_diagnostics"]) for r in rows if "n_diagnostics" in r and r.get("seed", 0) == first_seed
+    ]
     if not diags:
         return []
     lines = [
         "",
-        "N diagnostics (test split, first backbone; normal = patch cell outside the mask, anomalous = > 50 % inside):",
+        f"N diagnostics (seed {first_seed}, test split, first backbone; normal = patch cell outside the mask, "
+        "anomalous = > 50 % inside):",
         "",
         "| category | full set | allowed classes | allowed pairs | MLP top-1 n/a | entropy / log(C) n/a"
         " | NN class allowed n/a | score increase n/a | increase if NN class excluded n/a |",
