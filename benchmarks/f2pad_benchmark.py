@@ -114,6 +114,17 @@ def scores(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
     return {"dice": 100 * float(dice_score(pred, gt)), "iou": 100 * float(iou_score(pred, gt))}
 
 
+def fitted_refiner(train: torch.Tensor, threshold: float, **kwargs) -> F2PAD:
+    """An F2PAD as after ``Engine.fit``: ImageNet pixel statistics, prior fitted on ``train``, host threshold set."""
+    refiner = F2PAD(**kwargs)
+    refiner.pixel_mean.copy_(MEAN.flatten())
+    refiner.pixel_std.copy_(STD.flatten())
+    refiner.fit_prior(train)
+    refiner.prior_fitted.fill_(True)
+    refiner.host_pixel_threshold.fill_(float(threshold))
+    return refiner
+
+
 def run_refiner(refiner: F2PAD, model, images, maps, batch_size: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Refine all images; returns the refined maps and per-image wall/CPU seconds and mean iterations."""
     refined, wall, cpu, iterations = [], 0.0, 0.0, []
@@ -153,12 +164,9 @@ def time_roi_local(args: argparse.Namespace) -> list[dict]:
     timing = []
     for roi_local in (True, False):
         # check_every > max_iters: no early stop, both modes run exactly max_iters iterations.
-        refiner = F2PAD(max_iters=args.max_iters, roi_local=roi_local, check_every=args.max_iters + 1)
-        refiner.pixel_mean.copy_(MEAN.flatten())
-        refiner.pixel_std.copy_(STD.flatten())
-        refiner.fit_prior(train)
-        refiner.prior_fitted.fill_(True)
-        refiner.host_pixel_threshold.fill_(float(threshold))
+        refiner = fitted_refiner(
+            train, threshold, max_iters=args.max_iters, roi_local=roi_local, check_every=args.max_iters + 1
+        )
         refined, stats = run_refiner(refiner, model, images, maps, 1)
         dice = 100 * float(dice_score(refiner.binarise(refined), gt))
         timing.append({"host": args.hosts[0], "roi_local": roi_local, **stats, "dice": dice})
@@ -227,12 +235,7 @@ def main() -> None:
             host_cat = scores(maps > threshold, gt)
             names = list(variants) if host_name in args.ablation_hosts else ["F2PAD"]
             for name in names:
-                refiner = F2PAD(**{"max_iters": args.max_iters, **variants[name]})
-                refiner.pixel_mean.copy_(MEAN.flatten())
-                refiner.pixel_std.copy_(STD.flatten())
-                refiner.fit_prior(train)
-                refiner.prior_fitted.fill_(True)
-                refiner.host_pixel_threshold.fill_(float(threshold))
+                refiner = fitted_refiner(train, threshold, **{"max_iters": args.max_iters, **variants[name]})
                 load = os.getloadavg()[0]
                 refined, stats = run_refiner(refiner, model, images, maps, args.batch_size)
                 pred = refiner.binarise(refined)
@@ -257,18 +260,19 @@ def main() -> None:
         for name, entry in per_variant.items():
             gt_all = torch.cat(entry["gt"])
             best, _ = best_threshold_dice(torch.cat(entry["maps"]), gt_all)
+            refined_scores = scores(torch.cat(entry["pred"]), gt_all)
             weights = np.array([len(g) for g in entry["gt"]], dtype=float)
             mean = {k: float(np.average([s[k] for s in entry["stats"]], weights=weights)) for k in entry["stats"][0]}
             rows.append(
                 {
                     "host": host_name,
                     "method": name,
-                    **scores(torch.cat(entry["pred"]), gt_all),
+                    **refined_scores,
                     "best_thr_dice": 100 * float(best),
                     "sec_per_image": mean["sec"],
                     "cpu_sec_per_image": mean["cpu_sec"],
                     "iterations": mean["iterations"],
-                    "dice_gain": scores(torch.cat(entry["pred"]), gt_all)["dice"] - host_scores["dice"],
+                    "dice_gain": refined_scores["dice"] - host_scores["dice"],
                 },
             )
     if args.full_image_images > 0:
