@@ -63,6 +63,8 @@ def evaluate(predict, datamodule) -> dict:
     aupro = _AUPRO(fpr_limit=0.3)
     aupro.update(maps, masks)
     return {
+        "image_scores": scores.tolist(),  # kept for the paired bootstrap of the image AUROC difference
+        "image_labels": labels.tolist(),
         "image_AUROC": float(roc_auc_score(labels.numpy(), scores.numpy())),
         "pixel_AUROC": float(roc_auc_score(masks.reshape(-1).numpy(), maps.reshape(-1).numpy())),
         "AUPRO": float(aupro.compute()),
@@ -143,7 +145,14 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     root = Path(args.root) / f"seed{args.seed}"
-    paths = build_default_benchmark(root, categories=[args.category], image_size=args.image_size, seed=args.seed)
+    paths = build_default_benchmark(
+        root,
+        categories=[args.category],
+        image_size=args.image_size,
+        n_test_good=args.n_test_good,
+        n_test_defect=args.n_test_defect,
+        seed=args.seed,
+    )
     seed_everything(args.seed)
     size = (args.image_size, args.image_size)
     datamodule = default_datamodule(paths[args.category], train_batch_size=8, eval_batch_size=8, seed=args.seed)
@@ -270,6 +279,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same for both models)")
+    parser.add_argument("--n-test-good", type=int, default=40, help="normal test images per category and seed")
+    parser.add_argument("--n-test-defect", type=int, default=10, help="test images per defect kind (4 kinds)")
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--distribution-size", type=int, default=256)
     parser.add_argument("--window", type=int, default=5)
@@ -396,6 +407,71 @@ def contribution_lines(rows: list[dict], keys: list[str], categories: list[str])
                 if "pni +N+P+R" in run and "patchcore (anomalib)" in run:
                     deltas = [run["pni +N+P+R"][k] - run["patchcore (anomalib)"][k] for k in keys]
                     lines.append(f"| {category} | {seed} | " + " | ".join(f"{d:+.4f}" for d in deltas) + " |")
+    return lines + bootstrap_lines(rows, categories)
+
+
+def paired_bootstrap_auroc_delta(
+    runs: list[tuple[list[int], list[float], list[float]]], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean over runs of AUROC(b) - AUROC(a), with a 95 % paired bootstrap interval over the test images.
+
+    Args:
+        runs: Per seed ``(labels, scores_a, scores_b)`` on the same test images; each bootstrap replicate resamples
+            the normal and the anomalous images of every run (stratified, the same images for ``a`` and ``b``).
+        n_boot: Bootstrap replicates.
+        seed: Resampling seed.
+
+    Returns:
+        ``(delta, low, high)``.
+    """
+    import numpy as np
+
+    def auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """AUROC of every row of ``scores`` (Mann-Whitney with ties counted half)."""
+        pos, neg = scores[:, labels == 1], scores[:, labels == 0]
+        greater = (pos[:, :, None] > neg[:, None, :]).mean((1, 2))
+        ties = (pos[:, :, None] == neg[:, None, :]).mean((1, 2))
+        return greater + 0.5 * ties
+
+    rng = np.random.default_rng(seed)
+    point, boot = 0.0, np.zeros(n_boot)
+    for labels, scores_a, scores_b in runs:
+        labels, both = np.asarray(labels), np.stack([scores_a, scores_b])
+        point += float(np.diff(auroc(labels, both))[0]) / len(runs)
+        index = np.concatenate(
+            [rng.choice(np.flatnonzero(labels == c), (n_boot, int((labels == c).sum()))) for c in (0, 1)], axis=1
+        )
+        sampled = both[:, index]  # (2, n_boot, n)
+        delta = auroc(labels[index[0]], sampled[1]) - auroc(labels[index[0]], sampled[0])
+        boot += delta / len(runs)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def bootstrap_lines(rows: list[dict], categories: list[str]) -> list[str]:
+    """Full PNI minus PatchCore image AUROC with a paired bootstrap interval (is a gap larger than the noise?)."""
+    lines = [
+        "",
+        "Image AUROC, full PNI minus PatchCore, mean over seeds with a 95 % paired bootstrap interval (test images "
+        "resampled per seed, stratified):",
+        "",
+        "| category | normal / anomalous test images per seed | delta | 95 % interval |",
+        "|---|---|---|---|",
+    ]
+    for category in categories:
+        runs = []
+        for seed in sorted({r.get("seed", 0) for r in rows}):
+            run = {r["config"]: r for r in rows if r["category"] == category and r.get("seed", 0) == seed}
+            a, b = run.get("patchcore (anomalib)"), run.get("pni +N+P+R")
+            if a is None or b is None or "image_scores" not in a or a["image_labels"] != b["image_labels"]:
+                continue
+            runs.append((a["image_labels"], a["image_scores"], b["image_scores"]))
+        if runs:
+            delta, low, high = paired_bootstrap_auroc_delta(runs)
+            n_bad = sum(runs[0][0])
+            lines.append(
+                f"| {category} | {len(runs[0][0]) - n_bad} / {n_bad} | {delta:+.4f} | [{low:+.4f}, {high:+.4f}] |"
+            )
     return lines
 
 
