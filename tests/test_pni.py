@@ -144,6 +144,36 @@ def test_masked_nearest_many_matches_single_masks(scorer):
         torch.testing.assert_close(row, scorer.masked_nearest(patches, mask, search="sparse"), rtol=1e-4, atol=1e-4)
 
 
+def test_border_ring_takes_inner_scores_for_n_and_p_only():
+    """``border=1``: the outer ring of the N/P map is the edge padding of the inner map; plain NN is untouched."""
+    scorer = PniScorer(
+        backbone="resnet18",
+        pre_trained=False,
+        coreset_ratio=0.5,
+        distribution_size=8,
+        window=3,
+        use_neighbourhood=False,
+    )
+    feats, _ = _fit_random(scorer, seed=7, shape=(3, 6, 7))
+    test = feats[:2] + 0.5 * torch.randn(feats[:2].shape, generator=torch.Generator().manual_seed(8))
+    scorer.border = 0
+    raw = scorer.patch_scores(test)
+    scorer.border = 1
+    cropped = scorer.patch_scores(test)
+    torch.testing.assert_close(cropped[..., 1:-1, 1:-1], raw[..., 1:-1, 1:-1])
+    torch.testing.assert_close(cropped[..., 0, 1:-1], raw[..., 1, 1:-1])  # top row copies the first inner row
+    torch.testing.assert_close(cropped[..., 0, 0], raw[..., 1, 1])  # corner copies the inner corner
+    torch.testing.assert_close(cropped[..., -1, -1], raw[..., -2, -2])
+    assert not torch.equal(cropped, raw)
+    scorer.use_position = False  # plain nearest neighbour (PatchCore's score): the border stays
+    torch.testing.assert_close(
+        scorer.patch_scores(test),
+        pni_torch.nearest_neighbour(test.permute(0, 2, 3, 1).reshape(-1, scorer.feature_dim), scorer.embedding_coreset)[
+            0
+        ].reshape(2, 1, 6, 7),
+    )
+
+
 def test_position_swap_scored_higher_by_p_than_by_plain_nn():
     """Normal features in the wrong place: P catches them, a PatchCore-style nearest neighbour cannot."""
     scorer = PniScorer(
@@ -332,6 +362,7 @@ def test_weights_path(tmp_path):
         ({"refine_weight": 1.5}, "refine_weight"),
         ({"mlp_channels": 10_000}, "mlp_channels"),
         ({"temperature": 0.0}, "temperature"),
+        ({"border": -1}, "border"),
         ({"backbones": ["resnet18", "resnet18"], "weights_path": "x.pth"}, "single backbone"),
         ({"refine_channels": []}, "refine_channels"),
         ({"mlp_batch_size": 1}, "mlp_batch_size"),

@@ -74,6 +74,8 @@ class Pni(AnomalibModule):
         temperature: Softmax temperature ``T`` (paper: 2).
         use_neighbourhood: Use the neighbourhood term ``N``.
         use_position: Use the position term ``P``.
+        border: Outer ring (in patches) whose N/P scores are replaced by the inner neighbours' (the public PNI code
+            uses 1, the patch-aggregation radius); ``0`` keeps it.
         refine: Train and use the refinement network ``R``.
         refine_weight: ``w`` of ``w * refined + (1 - w) * coarse`` (paper: 0.1).
         refine_channels: Encoder widths of the refinement network.
@@ -110,6 +112,7 @@ class Pni(AnomalibModule):
         temperature: float = 2.0,
         use_neighbourhood: bool = True,
         use_position: bool = True,
+        border: int = 0,
         refine: bool = True,
         refine_weight: float = 0.1,
         refine_channels: Sequence[int] = (16, 32, 64),
@@ -165,6 +168,7 @@ class Pni(AnomalibModule):
             temperature=temperature,
             use_neighbourhood=use_neighbourhood,
             use_position=use_position,
+            border=border,
             seed=seed,
         )
         self.mlp_epochs = int(mlp_epochs) if use_neighbourhood else 0

@@ -179,6 +179,11 @@ class PniScorer(DynamicBufferMixin):
         search: Masked search strategy, see :meth:`masked_nearest`.
         sparse_density: Largest allowed-pair fraction for which ``search="auto"`` uses the sparse search (default:
             the measured CPU crossover, about 0.5 % of the pairs for a 1k-entry coreset of 384-d features).
+        border: Width (in patches) of the outer ring whose N/P scores are replaced by their inner neighbours'
+            (edge padding). The public PNI code uses 1 (there the 3x3 feature pooling and the MLP window see zero
+            padding and the position histograms get fewer votes); the paper does not mention it and the default 0
+            keeps the border (measured trade-off: benchmarks/results/pni.md). Never applied to the plain
+            nearest-neighbour score (N and P off), which stays PatchCore's.
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class PniScorer(DynamicBufferMixin):
         seed: int = 0,
         search: str = "auto",
         sparse_density: float = 0.005,
+        border: int = 0,
     ) -> None:
         super().__init__()
         if search not in {"auto", "sparse", "dense"}:
@@ -218,6 +224,10 @@ class PniScorer(DynamicBufferMixin):
         if temperature <= 0:
             msg = f"temperature must be > 0, got {temperature}."
             raise ValueError(msg)
+        if border < 0:
+            msg = f"border must be >= 0, got {border}."
+            raise ValueError(msg)
+        self.border = int(border)
         self.layers = list(layers)
         self.feature_extractor = TimmFeatureExtractor(
             backbone=backbone,
@@ -507,12 +517,16 @@ class PniScorer(DynamicBufferMixin):
             masks.append(self.neighbourhood_probabilities(features) > self.tau)
         if self.use_position:
             masks.append((self.position_hist > self.tau).repeat(batch, 1))
-        if masks:
-            scores = self.masked_nearest_many(patches, masks).mean(0)
-        else:
+        if not masks:
             scores = nearest_neighbour(patches, self.embedding_coreset)[0]
             self.last_density = 1.0  # every (patch, entry) pair compared
-        return scores.reshape(batch, 1, height, width)
+            return scores.reshape(batch, 1, height, width)
+        scores = self.masked_nearest_many(patches, masks).mean(0).reshape(batch, 1, height, width)
+        border = self.border
+        if border and height > 2 * border and width > 2 * border:
+            inner = scores[..., border : height - border, border : width - border]
+            scores = F.pad(inner, (border, border, border, border), mode="replicate")
+        return scores
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
         """Min-max normalise with the training score range (used by the ensemble and the refinement)."""
