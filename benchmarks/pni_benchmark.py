@@ -36,6 +36,9 @@ ABLATIONS = {
     "pni +N": {"use_neighbourhood": True, "use_position": False, "refine": False},
     "pni +N+P": {"use_neighbourhood": True, "use_position": True, "refine": False},
     "pni +N+P+R": {"use_neighbourhood": True, "use_position": True, "refine": True},
+    # Scoring-time variant of the full model: the public PNI code's border handling (outer ring of the N/P map
+    # replaced by edge padding, ``border=1``); the rows above use the default ``border=0``.
+    "pni +N+P+R, border 1": {"use_neighbourhood": True, "use_position": True, "refine": True, "border": 1},
 }
 
 
@@ -230,6 +233,7 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
         for scorer in model.model.scorers:
             scorer.use_neighbourhood = switches["use_neighbourhood"]
             scorer.use_position = switches["use_position"]
+            scorer.border = switches.get("border", 0)
         model.model.refiner = refiner if switches["refine"] else None
 
     def pni_predict(image):
