@@ -34,6 +34,7 @@ import torch
 from anomalib.data import ImageBatch, ImageItem
 from anomalib.engine import Engine
 from anomalib.models import Patchcore
+from kornia.metrics import ssim
 from lightning.pytorch import Callback, seed_everything
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -150,8 +151,6 @@ def pae_maps(model: PaeModel, images: torch.Tensor, batch_size: int = 8) -> tupl
 @torch.no_grad()
 def ae_residual_maps(model: PaeModel, images: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     """Plain autoencoder maps: ``|X - D(E(X))|`` (``kind="l1"``) or Bergmann's ``1 - SSIM`` map (``"ssim"``)."""
-    from kornia.metrics import ssim
-
     maps = []
     for batch in images.split(8):
         recon = model.decode(model.encode(batch))
