@@ -144,16 +144,22 @@ def test_masked_nearest_many_matches_single_masks(scorer):
         torch.testing.assert_close(row, scorer.masked_nearest(patches, mask, search="sparse"), rtol=1e-4, atol=1e-4)
 
 
-def test_border_ring_takes_inner_scores_for_n_and_p_only():
-    """``border=1``: the outer ring of the N/P map is the edge padding of the inner map; plain NN is untouched."""
-    scorer = PniScorer(
+def _position_only_scorer(distribution_size: int) -> PniScorer:
+    """A small scorer with only the P term (no MLP to train)."""
+    return PniScorer(
         backbone="resnet18",
         pre_trained=False,
         coreset_ratio=0.5,
-        distribution_size=8,
+        distribution_size=distribution_size,
         window=3,
         use_neighbourhood=False,
+        use_position=True,
     )
+
+
+def test_border_ring_takes_inner_scores_for_n_and_p_only():
+    """``border=1``: the outer ring of the N/P map is the edge padding of the inner map; plain NN is untouched."""
+    scorer = _position_only_scorer(distribution_size=8)
     feats, _ = _fit_random(scorer, seed=7, shape=(3, 6, 7))
     test = feats[:2] + 0.5 * torch.randn(feats[:2].shape, generator=torch.Generator().manual_seed(8))
     scorer.border = 0
@@ -166,25 +172,14 @@ def test_border_ring_takes_inner_scores_for_n_and_p_only():
     torch.testing.assert_close(cropped[..., -1, -1], raw[..., -2, -2])
     assert not torch.equal(cropped, raw)
     scorer.use_position = False  # plain nearest neighbour (PatchCore's score): the border stays
-    torch.testing.assert_close(
-        scorer.patch_scores(test),
-        pni_torch.nearest_neighbour(test.permute(0, 2, 3, 1).reshape(-1, scorer.feature_dim), scorer.embedding_coreset)[
-            0
-        ].reshape(2, 1, 6, 7),
-    )
+    patches = test.permute(0, 2, 3, 1).reshape(-1, scorer.feature_dim)
+    plain = pni_torch.nearest_neighbour(patches, scorer.embedding_coreset)[0].reshape(2, 1, 6, 7)
+    torch.testing.assert_close(scorer.patch_scores(test), plain)
 
 
 def test_position_swap_scored_higher_by_p_than_by_plain_nn():
     """Normal features in the wrong place: P catches them, a PatchCore-style nearest neighbour cannot."""
-    scorer = PniScorer(
-        backbone="resnet18",
-        pre_trained=False,
-        coreset_ratio=0.5,
-        distribution_size=16,
-        window=3,
-        use_neighbourhood=False,
-        use_position=True,
-    )
+    scorer = _position_only_scorer(distribution_size=16)
     gen = torch.Generator().manual_seed(0)
     dim = scorer.feature_dim
     left, right = torch.randn(dim, generator=gen) * 3, torch.randn(dim, generator=gen) * 3
