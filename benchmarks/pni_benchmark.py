@@ -36,10 +36,25 @@ ABLATIONS = {
     "pni +N": {"use_neighbourhood": True, "use_position": False, "refine": False},
     "pni +N+P": {"use_neighbourhood": True, "use_position": True, "refine": False},
     "pni +N+P+R": {"use_neighbourhood": True, "use_position": True, "refine": True},
-    # Scoring-time variant of the full model: the public PNI code's border handling (outer ring of the N/P map
-    # replaced by edge padding, ``border=1``); the rows above use the default ``border=0``.
+    # Scoring-time variants of the full model. The rows above join N and P as the paper's eq. (6) does (mean of
+    # the probabilities, thresholded once: ``combine="probability"``, the default) and keep the border
+    # (``border=0``). ``border 1``: the public PNI code's edge padding of the outer ring of the N/P map.
+    # ``public-code combine``: that code's mean of the N- and P-masked scores (``combine="score"``).
     "pni +N+P+R, border 1": {"use_neighbourhood": True, "use_position": True, "refine": True, "border": 1},
+    "pni +N+P, public-code combine": {
+        "use_neighbourhood": True,
+        "use_position": True,
+        "refine": False,
+        "combine": "score",
+    },
+    "pni +N+P+R, public-code combine": {
+        "use_neighbourhood": True,
+        "use_position": True,
+        "refine": True,
+        "combine": "score",
+    },
 }
+FULL_CONFIGS = ("pni +N+P+R", "pni +N+P+R, public-code combine")  # compared with PatchCore
 
 
 def evaluate(predict, datamodule) -> dict:
@@ -234,6 +249,7 @@ def run_worker(args: argparse.Namespace) -> list[dict]:
             scorer.use_neighbourhood = switches["use_neighbourhood"]
             scorer.use_position = switches["use_position"]
             scorer.border = switches.get("border", 0)
+            scorer.combine = switches.get("combine", "probability")
         model.model.refiner = refiner if switches["refine"] else None
 
     def pni_predict(image):
@@ -386,6 +402,9 @@ def contribution_lines(rows: list[dict], keys: list[str], categories: list[str])
         ("P", "pni +N+P", "pni +N"),
         ("R", "pni +N+P+R", "pni +N+P"),
         ("PNI - PatchCore", "pni +N+P+R", "patchcore (anomalib)"),
+        ("P, public-code combine", "pni +N+P, public-code combine", "pni +N"),
+        ("R, public-code combine", "pni +N+P+R, public-code combine", "pni +N+P, public-code combine"),
+        ("PNI, public-code combine - PatchCore", "pni +N+P+R, public-code combine", "patchcore (anomalib)"),
     ]
     lines = ["", "Component contributions (metric differences, 4 decimals):", ""]
     lines += ["| category | step | " + " | ".join(keys) + " | target met |", "|" + "---|" * (len(keys) + 3)]
@@ -402,16 +421,16 @@ def contribution_lines(rows: list[dict], keys: list[str], categories: list[str])
             cells = " | ".join(f"{d:+.4f}" for d in deltas)
             lines.append(f"| {category} | {step} | {cells} | {met if step.startswith('PNI') else ''} |")
     seeds = sorted({r.get("seed", 0) for r in rows})
-    if len(seeds) > 1:
-        lines += ["", "Full PNI (+N+P+R) minus PatchCore per seed:", ""]
+    for full in FULL_CONFIGS if len(seeds) > 1 else ():
+        lines += ["", f"Full PNI ({full}) minus PatchCore per seed:", ""]
         lines += ["| category | seed | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
         for category in categories:
             for seed in seeds:
                 run = {r["config"]: r for r in rows if r["category"] == category and r.get("seed", 0) == seed}
-                if "pni +N+P+R" in run and "patchcore (anomalib)" in run:
-                    deltas = [run["pni +N+P+R"][k] - run["patchcore (anomalib)"][k] for k in keys]
+                if full in run and "patchcore (anomalib)" in run:
+                    deltas = [run[full][k] - run["patchcore (anomalib)"][k] for k in keys]
                     lines.append(f"| {category} | {seed} | " + " | ".join(f"{d:+.4f}" for d in deltas) + " |")
-    return lines + bootstrap_lines(rows, categories)
+    return lines + [line for full in FULL_CONFIGS for line in bootstrap_lines(rows, categories, full)]
 
 
 def paired_bootstrap_auroc_delta(
@@ -452,12 +471,12 @@ def paired_bootstrap_auroc_delta(
     return point, float(low), float(high)
 
 
-def bootstrap_lines(rows: list[dict], categories: list[str]) -> list[str]:
+def bootstrap_lines(rows: list[dict], categories: list[str], full: str = "pni +N+P+R") -> list[str]:
     """Full PNI minus PatchCore image AUROC with a paired bootstrap interval (is a gap larger than the noise?)."""
     lines = [
         "",
-        "Image AUROC, full PNI minus PatchCore, mean over seeds with a 95 % paired bootstrap interval (test images "
-        "resampled per seed, stratified):",
+        f"Image AUROC, full PNI ({full}) minus PatchCore, mean over seeds with a 95 % paired bootstrap interval (test "
+        "images resampled per seed, stratified):",
         "",
         "| category | normal / anomalous test images per seed | delta | 95 % interval |",
         "|---|---|---|---|",
@@ -466,7 +485,7 @@ def bootstrap_lines(rows: list[dict], categories: list[str]) -> list[str]:
         runs = []
         for seed in sorted({r.get("seed", 0) for r in rows}):
             run = {r["config"]: r for r in rows if r["category"] == category and r.get("seed", 0) == seed}
-            a, b = run.get("patchcore (anomalib)"), run.get("pni +N+P+R")
+            a, b = run.get("patchcore (anomalib)"), run.get(full)
             if a is None or b is None or "image_scores" not in a or a["image_labels"] != b["image_labels"]:
                 continue
             runs.append((a["image_labels"], a["image_scores"], b["image_scores"]))

@@ -144,6 +144,32 @@ def test_masked_nearest_many_matches_single_masks(scorer):
         torch.testing.assert_close(row, scorer.masked_nearest(patches, mask, search="sparse"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("combine", ["score", "probability"])
+def test_combine_of_n_and_p_equals_brute_force(combine):
+    """``score``: mean of the N- and P-masked distances; ``probability`` (eq. 6): one mask on the mean probability."""
+    scorer = PniScorer(
+        backbone="resnet18", pre_trained=False, coreset_ratio=0.5, distribution_size=8, window=3, combine=combine
+    ).eval()
+    feats, _ = _fit_random(scorer, seed=9, shape=(3, 5, 6))
+    test = feats[:2] + 0.5 * torch.randn(feats[:2].shape, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        got = scorer.patch_scores(test).reshape(-1)
+        p_n = scorer.neighbourhood_probabilities(test)
+    p_p = scorer.position_hist.repeat(2, 1)
+    patches = test.permute(0, 2, 3, 1).reshape(-1, scorer.feature_dim)
+    dist = torch.cdist(patches, scorer.embedding_coreset)
+
+    def masked(probs: torch.Tensor) -> torch.Tensor:
+        mask = (probs > scorer.tau)[:, scorer.emb_to_dist]
+        best = dist.masked_fill(~mask, float("inf")).min(1).values
+        return torch.where(torch.isinf(best), dist.min(1).values, best)
+
+    expected = (masked(p_n) + masked(p_p)) / 2 if combine == "score" else masked((p_n + p_p) / 2)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # The two rules differ on this data (else the test would not tell them apart).
+    assert not torch.allclose((masked(p_n) + masked(p_p)) / 2, masked((p_n + p_p) / 2))
+
+
 def _position_only_scorer(distribution_size: int) -> PniScorer:
     """A small scorer with only the P term (no MLP to train)."""
     return PniScorer(
@@ -358,6 +384,7 @@ def test_weights_path(tmp_path):
         ({"mlp_channels": 10_000}, "mlp_channels"),
         ({"temperature": 0.0}, "temperature"),
         ({"border": -1}, "border"),
+        ({"combine": "max"}, "combine"),
         ({"backbones": ["resnet18", "resnet18"], "weights_path": "x.pth"}, "single backbone"),
         ({"refine_channels": []}, "refine_channels"),
         ({"mlp_batch_size": 1}, "mlp_batch_size"),

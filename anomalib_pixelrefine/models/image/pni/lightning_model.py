@@ -76,6 +76,8 @@ class Pni(AnomalibModule):
         use_position: Use the position term ``P``.
         border: Outer ring (in patches) whose N/P scores are replaced by the inner neighbours' (the public PNI code
             uses 1, the patch-aggregation radius); ``0`` keeps it.
+        combine: ``"probability"`` thresholds the mean of the N and P probabilities once (the paper's eq. 6);
+            ``"score"`` averages the N- and P-masked distances (public code).
         refine: Train and use the refinement network ``R``.
         refine_weight: ``w`` of ``w * refined + (1 - w) * coarse`` (paper: 0.1).
         refine_channels: Encoder widths of the refinement network.
@@ -113,6 +115,7 @@ class Pni(AnomalibModule):
         use_neighbourhood: bool = True,
         use_position: bool = True,
         border: int = 0,
+        combine: str = "probability",
         refine: bool = True,
         refine_weight: float = 0.1,
         refine_channels: Sequence[int] = (16, 32, 64),
@@ -169,6 +172,7 @@ class Pni(AnomalibModule):
             use_neighbourhood=use_neighbourhood,
             use_position=use_position,
             border=border,
+            combine=combine,
             seed=seed,
         )
         self.mlp_epochs = int(mlp_epochs) if use_neighbourhood else 0

@@ -10,7 +10,9 @@ Per backbone, :class:`PniScorer` holds
 * the neighbourhood MLP ``p(c_dist | N_p(x))`` (eq. 7) and the position histograms ``p(c_dist | x)`` (Algorithm 1);
 * the scoring of eq. (4)-(8): with ``T_tau`` thresholding (``tau = 1 / (2 |C_dist|)``) a patch is compared only with
   the embedding entries whose distribution class is allowed; the distance to the nearest allowed entry is
-  ``-log p`` up to a constant (``lambda = 1``). The neighbourhood- and position-masked scores are averaged.
+  ``-log p`` up to a constant (``lambda = 1``). N and P are joined as in eq. (6), the mean of the two probabilities
+  thresholded once (``combine="probability"``), or as in the public code, the mean of the two masked distances
+  (``combine="score"``).
 
 Index bookkeeping (the public code mixes these): ``C_dist`` entries are identified by their *rank* ``0..|C_dist|-1`` in
 the greedy order, which is also the MLP's class id and the histogram's bin; embedding entries are identified by their
@@ -184,6 +186,10 @@ class PniScorer(DynamicBufferMixin):
             padding and the position histograms get fewer votes); the paper does not mention it and the default 0
             keeps the border (measured trade-off: benchmarks/results/pni.md). Never applied to the plain
             nearest-neighbour score (N and P off), which stays PatchCore's.
+        combine: How N and P are joined when both are on. ``"probability"`` (default, the paper's eq. 6):
+            ``p(c | Omega) = (p(c | N) + p(c | x)) / 2`` is thresholded once, so a class one term supports strongly
+            stays allowed whatever the other says, and one masked search is run. ``"score"`` (public code): each
+            term thresholds its own probabilities and the two masked distances are averaged.
     """
 
     def __init__(
@@ -207,8 +213,13 @@ class PniScorer(DynamicBufferMixin):
         search: str = "auto",
         sparse_density: float = 0.005,
         border: int = 0,
+        combine: str = "probability",
     ) -> None:
         super().__init__()
+        if combine not in {"score", "probability"}:
+            msg = f"combine must be 'score' (mean of the masked scores) or 'probability' (eq. 6), got {combine!r}."
+            raise ValueError(msg)
+        self.combine = combine
         if search not in {"auto", "sparse", "dense"}:
             msg = f"search must be 'auto', 'sparse' or 'dense', got {search!r}."
             raise ValueError(msg)
@@ -499,7 +510,7 @@ class PniScorer(DynamicBufferMixin):
         return best
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Patch anomaly scores ``(B, 1, h, w)``: mean of the N- and P-masked distances (plain NN if neither)."""
+        """Patch anomaly scores ``(B, 1, h, w)``: N/P-masked distances joined by ``combine`` (plain NN if neither)."""
         if not self.is_fitted:
             msg = "PniScorer is not fitted: train the model (Engine.fit) before predicting."
             raise RuntimeError(msg)
@@ -512,11 +523,14 @@ class PniScorer(DynamicBufferMixin):
             )
             raise ValueError(msg)
         patches = features.permute(0, 2, 3, 1).reshape(-1, dim)
-        masks = []
+        probs = []
         if self.use_neighbourhood:
-            masks.append(self.neighbourhood_probabilities(features) > self.tau)
+            probs.append(self.neighbourhood_probabilities(features))
         if self.use_position:
-            masks.append((self.position_hist > self.tau).repeat(batch, 1))
+            probs.append(self.position_hist.repeat(batch, 1))
+        if self.combine == "probability" and len(probs) == 2:
+            probs = [(probs[0] + probs[1]) / 2]  # eq. (6)
+        masks = [p > self.tau for p in probs]
         if not masks:
             scores = nearest_neighbour(patches, self.embedding_coreset)[0]
             self.last_density = 1.0  # every (patch, entry) pair compared
