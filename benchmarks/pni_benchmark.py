@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--mlp-channels", type=int, default=32)
     parser.add_argument("--mlp-epochs", type=int, default=8)
     parser.add_argument("--mlp-batch-size", type=int, default=256)
-    parser.add_argument("--refine-epochs", type=int, default=15)
+    parser.add_argument("--refine-epochs", type=int, default=40, help="until the refinement loss levels off")
     parser.add_argument("--refine-channels", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="data/model seeds (results averaged)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pni"))
