@@ -114,6 +114,15 @@ def test_mlp_loss_uses_target_of_centre(scorer):
 
 
 # ---------------------------------------------------------------- masked nearest neighbour
+def _brute_force_masked_nearest(
+    scorer: PniScorer, patches: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for eq. (4): distance to the nearest allowed entry (``inf`` if none) and with the plain-NN fallback."""
+    dist = torch.cdist(patches, scorer.embedding_coreset)
+    masked = dist.masked_fill(~allowed[:, scorer.emb_to_dist], float("inf")).min(1).values
+    return masked, torch.where(torch.isinf(masked), dist.min(1).values, masked)
+
+
 @pytest.mark.parametrize("search", ["sparse", "dense", "auto"])
 def test_masked_nearest_equals_brute_force(scorer, search, monkeypatch):
     monkeypatch.setattr(pni_torch, "_PAIR_CHUNK", 37)  # exercise chunk boundaries of the pair walk
@@ -124,14 +133,12 @@ def test_masked_nearest_equals_brute_force(scorer, search, monkeypatch):
     allowed = torch.rand(120, scorer.n_dist, generator=gen) < 0.2
     allowed[:5] = False  # no allowed class: fallback to the plain nearest neighbour
     got = scorer.masked_nearest(patches, allowed, search=search)
-    dist = torch.cdist(patches, scorer.embedding_coreset)
-    mask = allowed[:, scorer.emb_to_dist]
-    expected = dist.masked_fill(~mask, float("inf")).min(1).values
-    assert bool(torch.isinf(expected[:5]).all())
-    expected = torch.where(torch.isinf(expected), dist.min(1).values, expected)  # fallback rows
+    masked, expected = _brute_force_masked_nearest(scorer, patches, allowed)
+    assert bool(torch.isinf(masked[:5]).all())  # the rows without an allowed entry take the fallback
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     # Restricting candidates can only increase the distance.
-    assert bool((got >= dist.min(1).values - 1e-4).all())
+    plain = torch.cdist(patches, scorer.embedding_coreset).min(1).values
+    assert bool((got >= plain - 1e-4).all())
 
 
 def test_masked_nearest_many_matches_single_masks(scorer):
@@ -157,12 +164,9 @@ def test_combine_of_n_and_p_equals_brute_force(combine):
         p_n = scorer.neighbourhood_probabilities(test)
     p_p = scorer.position_hist.repeat(2, 1)
     patches = test.permute(0, 2, 3, 1).reshape(-1, scorer.feature_dim)
-    dist = torch.cdist(patches, scorer.embedding_coreset)
 
     def masked(probs: torch.Tensor) -> torch.Tensor:
-        mask = (probs > scorer.tau)[:, scorer.emb_to_dist]
-        best = dist.masked_fill(~mask, float("inf")).min(1).values
-        return torch.where(torch.isinf(best), dist.min(1).values, best)
+        return _brute_force_masked_nearest(scorer, patches, probs > scorer.tau)[1]
 
     expected = (masked(p_n) + masked(p_p)) / 2 if combine == "score" else masked((p_n + p_p) / 2)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
