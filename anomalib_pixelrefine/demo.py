@@ -30,7 +30,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     },
     "Pae": {
         "class_path": "anomalib_pixelrefine.models.image.pae.Pae",
-        "init_args": {"alpha": 0.2},
+        "init_args": {"channels": [32, 64], "alpha": 0.2},  # a smaller autoencoder than the paper's: a CPU demo
         "max_epochs": 10,
     },
     "Pni": {

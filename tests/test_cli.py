@@ -100,3 +100,11 @@ def test_help_lists_our_models_and_post_processors(command):
         assert name in text, text[:2000]
     if command:
         assert "Anomalib CLI Guide" in text  # anomalib's own guide is still shown
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_configs_parse(config):
+    """Every config in ``configs/`` is accepted by ``pixelrefine train --config`` (class paths and argument names)."""
+    result = _run(sys.executable, "-m", "anomalib_pixelrefine.cli", "train", "--config", str(config), "--print_config")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.\w+\n", result.stdout), result.stdout[-3000:]

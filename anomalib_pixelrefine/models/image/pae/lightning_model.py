@@ -40,7 +40,7 @@ class Pae(AnomalibModule):
 
     Args:
         channels: Encoder stage widths; each stage is conv3x3 + maxpool, so the latent has stride
-            ``2 ** len(channels)`` (``(32, 64)`` -> 32x32 latent at 128 px; the paper uses ``(64, 128)``).
+            ``2 ** len(channels)`` (the paper's ``(64, 128)`` -> 32x32x128 latent at 128 px).
         latent_channels: Latent channels (default ``channels[-1]``).
         ae_type: ``"cae"``, ``"vae"`` or ``"aae"``.
         reconstruction_loss: ``"mse"`` or ``"ssim"``.
@@ -69,7 +69,7 @@ class Pae(AnomalibModule):
 
     def __init__(
         self,
-        channels: Sequence[int] = (32, 64),
+        channels: Sequence[int] = (64, 128),
         latent_channels: int | None = None,
         ae_type: str = "cae",
         reconstruction_loss: str = "mse",
