@@ -7,9 +7,10 @@ PAEDID after a grid search on the validation crack images (same data layout and 
 and where PAEDID's errors are at its best threshold: the share of false-positive pixels inside the latent patches the
 memory bank replaced, and the prior error ``|X - X̂|`` on normal pixels inside / outside those patches.
 
-Example (the diagnostic behind ``results/pae_textures.md``):
+Example (the run behind ``results/pae_capacity_gravel.md``):
     python benchmarks/pae_capacity.py --root /tmp/pae_bench_gg --category gravel \
-        --run 32,64:20 --run 64,128:40 --run 64,128:80 --out benchmarks/results/pae_capacity_gravel
+        --run 32,64:20 --run 64,128:40 --run 64,128:80 --grid-l 5 7 --grid-k 9 13 --grid-alpha 0.2 0.3 0.5 \
+        --grid-lam 1 3 --out benchmarks/results/pae_capacity_gravel
 """
 
 import argparse
@@ -68,7 +69,14 @@ def error_locations(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> di
     replaced_latents, replaced = model.replace_top_patches(latents, retrieved, scores, model.alpha)
     prior = model.decode(replaced_latents)
     _, sparse = decompose(
-        images, prior, lam=model.lam, steps=model.decomposition_steps, lr=model.decomposition_lr, noisy=model.noisy
+        images,
+        prior,
+        lam=model.lam,
+        steps=model.decomposition_steps,
+        lr=model.decomposition_lr,
+        noisy=model.noisy,
+        lam_ssim=model.lam_ssim,
+        window_size=model.ssim_window,
     )
     anomaly_map = sparse_to_anomaly_map(sparse)
     _, threshold = best_threshold_dice(anomaly_map, truth.float())
