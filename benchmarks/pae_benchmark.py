@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from anomalib_pixelrefine.data import build_default_benchmark
-from anomalib_pixelrefine.models.image.pae import Pae, PaeModel, decompose, sparse_to_anomaly_map
+from anomalib_pixelrefine.models.image.pae import Pae, PaeModel, sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pae.tuning import best_dice, grid_search
 
 # ----------------------------------------------------------------------------- data
@@ -132,18 +132,7 @@ def pae_maps(model: PaeModel, images: torch.Tensor, batch_size: int = 8) -> tupl
     """Anomaly maps of ``model`` (PAEDID or PAE residual, per ``model.decompose``) and seconds per image."""
     maps, start = [], time.perf_counter()
     for batch in images.split(batch_size):
-        prior = model.deep_prior(batch)
-        if model.decompose:
-            _, sparse = decompose(
-                batch,
-                prior,
-                lam=model.lam,
-                steps=model.decomposition_steps,
-                lr=model.decomposition_lr,
-                noisy=model.noisy,
-            )
-        else:
-            sparse = batch - prior
+        _, sparse = model.split(batch, model.deep_prior(batch))
         maps.append(sparse_to_anomaly_map(sparse))
     return torch.cat(maps), (time.perf_counter() - start) / len(images)
 

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from anomalib_pixelrefine.data import build_default_benchmark
 from anomalib_pixelrefine.metrics.functional import best_threshold_dice
-from anomalib_pixelrefine.models.image.pae import decompose, sparse_to_anomaly_map
+from anomalib_pixelrefine.models.image.pae import sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pae.tuning import grid_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,16 +68,7 @@ def error_locations(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> di
     retrieved, scores = model.retrieve(latents)
     replaced_latents, replaced = model.replace_top_patches(latents, retrieved, scores, model.alpha)
     prior = model.decode(replaced_latents)
-    _, sparse = decompose(
-        images,
-        prior,
-        lam=model.lam,
-        steps=model.decomposition_steps,
-        lr=model.decomposition_lr,
-        noisy=model.noisy,
-        lam_ssim=model.lam_ssim,
-        window_size=model.ssim_window,
-    )
+    _, sparse = model.split(images, prior)
     anomaly_map = sparse_to_anomaly_map(sparse)
     _, threshold = best_threshold_dice(anomaly_map, truth.float())
     false_positive = (anomaly_map >= threshold) & ~truth

@@ -430,3 +430,19 @@ def test_engine_trains_vae_and_aae(folder_datamodule, tmp_path, ae_type):
         assert max(p.abs().max().item() for p in params) <= model.critic_clip + 1e-7
     results = engine.test(model, datamodule=folder_datamodule)
     assert 0.0 <= results[0]["pixel_AUROC"] <= 1.0
+
+
+def test_split_uses_the_model_settings_or_the_plain_residual():
+    torch.manual_seed(0)
+    model = PaeModel(channels=(4,), decomposition_steps=15, decomposition_lr=0.05, noisy=True, lam=0.2, lam_ssim=0.5)
+    images, prior = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    low_rank, sparse = model.split(images, prior)
+    expected = decompose(images, prior, lam=0.2, steps=15, lr=0.05, noisy=True, lam_ssim=0.5)
+    assert torch.allclose(low_rank, expected[0])
+    assert torch.allclose(sparse, expected[1])
+    # λ override (tuning): a larger λ soft-thresholds more of the residual away.
+    assert (model.split(images, prior, lam=0.8)[1] == 0).sum() > (sparse == 0).sum()
+    model.decompose = False
+    low_rank, sparse = model.split(images, prior)
+    assert torch.equal(low_rank, prior)
+    assert torch.equal(sparse, images - prior)

@@ -441,6 +441,35 @@ class PaeModel(DynamicBufferMixin, nn.Module):
         return self.deep_prior_with_scores(x, patch_scores, alpha)[0]
 
     # ------------------------------------------------------------------ inference
+    def split(
+        self, x: torch.Tensor, prior: torch.Tensor, lam: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split images into background and defect layer with this model's settings: ``(L, S)``, ``X = L + S``.
+
+        With ``decompose`` the deep image decomposition (eq. 3, or eq. 4 when ``noisy``) with the model's ``λ``,
+        steps, learning rate, ``λ_SSIM`` and SSIM window; without it the plain PAE residual ``(X̂, X - X̂)``.
+
+        Args:
+            x: Images ``(B, C, H, W)`` in ``[0, 1]``.
+            prior: Their deep image priors ``X̂`` (:meth:`deep_prior`).
+            lam: Overrides ``self.lam`` (tuning).
+
+        Returns:
+            ``(low_rank, sparse)``.
+        """
+        if not self.decompose:
+            return prior, x - prior
+        return decompose(
+            x,
+            prior,
+            lam=self.lam if lam is None else lam,
+            steps=self.decomposition_steps,
+            lr=self.decomposition_lr,
+            noisy=self.noisy,
+            lam_ssim=self.lam_ssim,
+            window_size=self.ssim_window,
+        )
+
     def forward(
         self,
         x: torch.Tensor,
@@ -456,19 +485,7 @@ class PaeModel(DynamicBufferMixin, nn.Module):
         if self.training:
             return self.reconstruct(x)
         prior, _ = self.deep_prior_with_scores(x)
-        if self.decompose:
-            _, sparse = decompose(
-                x,
-                prior,
-                lam=self.lam,
-                steps=self.decomposition_steps,
-                lr=self.decomposition_lr,
-                noisy=self.noisy,
-                lam_ssim=self.lam_ssim,
-                window_size=self.ssim_window,
-            )
-        else:
-            sparse = x - prior
+        _, sparse = self.split(x, prior)
         anomaly_map = sparse_to_anomaly_map(sparse)
         return InferenceBatch(pred_score=image_score(anomaly_map), anomaly_map=anomaly_map)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .decomposition import decompose, sparse_to_anomaly_map
+from .decomposition import sparse_to_anomaly_map
 from .torch_model import PaeModel
 
 
@@ -137,19 +137,7 @@ def grid_search(
                 prior = model.decode(replaced)
                 # Without decomposition (the PAE ablation) λ plays no role: one evaluation of the residual per α.
                 for lam in lams if model.decompose else lams[:1]:
-                    if model.decompose:
-                        low_rank, sparse = decompose(
-                            images,
-                            prior,
-                            lam=float(lam),
-                            steps=model.decomposition_steps,
-                            lr=model.decomposition_lr,
-                            noisy=model.noisy,
-                            lam_ssim=model.lam_ssim,
-                            window_size=model.ssim_window,
-                        )
-                    else:
-                        low_rank, sparse = prior, images - prior
+                    low_rank, sparse = model.split(images, prior, lam=float(lam))
                     if backgrounds is None:
                         score = best_dice(sparse_to_anomaly_map(sparse), masks)
                     else:
