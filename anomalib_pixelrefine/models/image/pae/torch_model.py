@@ -444,7 +444,7 @@ class PaeModel(DynamicBufferMixin, nn.Module):
     def split(
         self, x: torch.Tensor, prior: torch.Tensor, lam: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split images into background and defect layer with this model's settings: ``(L, S)``, ``X = L + S``.
+        """Split images into background ``L`` and defect layer ``S`` with this model's settings.
 
         With ``decompose`` the deep image decomposition (eq. 3, or eq. 4 when ``noisy``) with the model's ``λ``,
         steps, learning rate, ``λ_SSIM`` and SSIM window; without it the plain PAE residual ``(X̂, X - X̂)``.
@@ -455,7 +455,7 @@ class PaeModel(DynamicBufferMixin, nn.Module):
             lam: Overrides ``self.lam`` (tuning).
 
         Returns:
-            ``(low_rank, sparse)``.
+            ``(low_rank, sparse)``: ``X = L + S`` (eq. 3, residual), ``X = L + S + e`` (eq. 4).
         """
         if not self.decompose:
             return prior, x - prior
