@@ -1,12 +1,13 @@
 """``pixelrefine`` command line interface.
 
 The command is anomalib's own CLI (``anomalib.cli.AnomalibCLI``) with this package imported first, so the short
-names of our models (``--model Pni``) resolve like anomalib's, and with three additions:
+names of our models (``--model Pni``) resolve like anomalib's, and with these additions:
 
 * ``--post_processor NAME``: a top-level alias that sets the model's post-processor, e.g. ``--post_processor f2pad``
   for ``--model.post_processor anomalib_pixelrefine.post_processing.F2PAD``. Options of the post-processor are passed
   as ``--post_processor.<option> value``.
 * ``pixelrefine demo``: builds the embedded default data set and trains/tests a model on it (no network needed).
+* ``pixelrefine weights``: lists / installs offline ImageNet weights (EfficientNet-Lite0/1/2) for timm.
 * ``pixelrefine benchmark``: runs the benchmark grid (models x post-processors x data sets x seeds).
 
 Example:
@@ -164,6 +165,7 @@ class PixelRefineCLI(AnomalibCLI):
         return {
             **AnomalibCLI.anomalib_subcommands(),
             "demo": {"description": "Build the embedded default data and train/test a model on it (offline)."},
+            "weights": {"description": "List or install offline ImageNet weights (EfficientNet-Lite0/1/2)."},
         }
 
     @staticmethod
@@ -173,9 +175,16 @@ class PixelRefineCLI(AnomalibCLI):
 
         parser.add_function_arguments(run_demo, as_group=False)
 
+    @staticmethod
+    def add_weights_arguments(parser: ArgumentParser) -> None:
+        """Add the ``weights`` arguments (those of :func:`anomalib_pixelrefine.weights.run_weights`)."""
+        from anomalib_pixelrefine.weights import run_weights
+
+        parser.add_function_arguments(run_weights, as_group=False)
+
     def instantiate_classes(self) -> None:
-        """Instantiate classes; ``demo`` builds its own."""
-        if self.config["subcommand"] == "demo":
+        """Instantiate classes; ``demo`` and ``weights`` build their own."""
+        if self.config["subcommand"] in {"demo", "weights"}:
             return
         super().instantiate_classes()
 
@@ -184,6 +193,11 @@ class PixelRefineCLI(AnomalibCLI):
             from anomalib_pixelrefine.demo import run_demo
 
             run_demo(**_plain_kwargs(self.config["demo"]))
+            return
+        if self.subcommand == "weights":
+            from anomalib_pixelrefine.weights import run_weights
+
+            run_weights(**_plain_kwargs(self.config["weights"]))
             return
         from anomalib_pixelrefine.benchmark import pixelrefine_pipelines
 
