@@ -11,6 +11,7 @@ from anomalib.data import Folder, MVTecAD
 from PIL import Image
 
 from anomalib_pixelrefine.data import (
+    DEFAULT_DEFECTS,
     CutPaste,
     InvalidDatasetError,
     build_default_benchmark,
@@ -114,10 +115,7 @@ def test_build_default_benchmark_is_cached_and_deterministic(tmp_path: Path) -> 
     assert validate_mvtec_folder(path) == {
         "train/good": 3,
         "test/good": 2,
-        "test/crack": 2,
-        "test/cut_paste_color": 2,
-        "test/perlin": 2,
-        "test/scar": 2,
+        **{f"test/{name}": 2 for name in DEFAULT_DEFECTS},
     }
     assert json.loads((path / "manifest.json").read_text())["image_size"] == 32
     image = _read(path / "test" / "crack" / "000.png")

@@ -29,16 +29,30 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from .generators import CrackDefect, CutPaste, CutPasteScar, DefectGenerator, HandDrawnDefect, PerlinDefect
+from .generators import (
+    BurnDefect,
+    CrackDefect,
+    CutPaste,
+    CutPasteScar,
+    DefectGenerator,
+    HandDrawnDefect,
+    PerlinDefect,
+    PittingDefect,
+    ScratchDefect,
+    StainDefect,
+    TextureSwapDefect,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CATEGORIES",
     "DEFAULT_DEFECTS",
+    "IMAGE_LEVEL_CATEGORIES",
     "InvalidDatasetError",
     "build_default_benchmark",
     "default_datamodule",
+    "defect_generator",
     "validate_mvtec_folder",
     "write_mvtec_folder",
 ]
@@ -47,9 +61,24 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # scikit-image textures shipped inside the wheel (no pooch download needed).
 TEXTURES = ("brick", "grass", "gravel")
 DEFAULT_CATEGORIES = (*TEXTURES, "elpv")
-DEFAULT_DEFECTS = ("cut_paste_color", "scar", "perlin", "crack")
+#: Every defect kind, on every background: the project's first kinds, then realistic ones of every size (~0.02-10 %).
+DEFAULT_DEFECTS = (
+    "cut_paste_color",
+    "cut_paste_patch",
+    "scar",
+    "perlin",
+    "hand_drawn",
+    "crack",
+    "stain",
+    "burn",
+    "pitting",
+    "scratch",
+    "texture_swap",
+)
+#: Categories with real defects and image labels only (no masks).
+IMAGE_LEVEL_CATEGORIES = ("elpv_real",)
 _MANIFEST = "manifest.json"
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2
 
 ImageLike = torch.Tensor | np.ndarray
 
@@ -58,8 +87,8 @@ class InvalidDatasetError(ValueError):
     """An MVTec-style folder is missing parts or holds invalid files; the message names the path."""
 
 
-def _defect_generator(name: str, seed: int) -> DefectGenerator:
-    """Generator of a named defect kind (names are the test/<defect> folder names)."""
+def defect_generator(name: str, seed: int) -> DefectGenerator:
+    """Generator of a named defect kind (names are the test/<defect> folder names of the embedded benchmark)."""
     factories = {
         "cut_paste_color": lambda: CutPaste(mode="color", seed=seed),
         "cut_paste_patch": lambda: CutPaste(mode="patch", seed=seed),
@@ -67,6 +96,11 @@ def _defect_generator(name: str, seed: int) -> DefectGenerator:
         "perlin": lambda: PerlinDefect(seed=seed),
         "hand_drawn": lambda: HandDrawnDefect(seed=seed),
         "crack": lambda: CrackDefect(seed=seed),
+        "stain": lambda: StainDefect(seed=seed),
+        "burn": lambda: BurnDefect(seed=seed),
+        "pitting": lambda: PittingDefect(seed=seed),
+        "scratch": lambda: ScratchDefect(seed=seed),
+        "texture_swap": lambda: TextureSwapDefect(seed=seed),
     }
     if name not in factories:
         msg = f"Unknown defect kind {name!r}. Known: {', '.join(factories)}."
@@ -108,7 +142,7 @@ def write_mvtec_folder(
     category: str,
     train_images: Sequence[ImageLike],
     test_good_images: Sequence[ImageLike],
-    defect_images: dict[str, tuple[Sequence[ImageLike], Sequence[ImageLike]]],
+    defect_images: dict[str, tuple[Sequence[ImageLike], Sequence[ImageLike] | None]],
     overwrite: bool = True,
 ) -> Path:
     """Write one category in MVTec AD layout as PNG files.
@@ -119,7 +153,8 @@ def write_mvtec_folder(
         train_images: Normal training images: float tensors ``(C, H, W)`` in [0, 1] (or a ``(N, C, H, W)`` tensor),
             or uint8 arrays ``(H, W[, C])``.
         test_good_images: Normal test images.
-        defect_images: ``{defect_name: (images, masks)}``; masks ``(1, H, W)``/``(H, W)``, non-zero = defect.
+        defect_images: ``{defect_name: (images, masks)}``; masks ``(1, H, W)``/``(H, W)``, non-zero = defect;
+            ``masks=None`` for image-level defects (no ``ground_truth`` folder is written).
         overwrite: Remove an existing category folder first.
 
     Returns:
@@ -136,6 +171,8 @@ def write_mvtec_folder(
         if name == "good" or not name or "/" in name:
             msg = f"Invalid defect name {name!r} for {path}."
             raise ValueError(msg)
+        if masks is None:
+            continue
         if len(images) != len(masks):
             msg = f"Defect {name!r} of {path}: {len(images)} images but {len(masks)} masks."
             raise ValueError(msg)
@@ -149,7 +186,8 @@ def write_mvtec_folder(
     _write_images(path / "test" / "good", test_good_images)
     for name, (images, masks) in defect_images.items():
         _write_images(path / "test" / name, images)
-        _write_images(path / "ground_truth" / name, masks, suffix="_mask", is_mask=True)
+        if masks is not None:
+            _write_images(path / "ground_truth" / name, masks, suffix="_mask", is_mask=True)
     return path
 
 
@@ -180,7 +218,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise InvalidDatasetError(msg) from error
 
 
-def validate_mvtec_folder(path: str | Path) -> dict[str, int]:
+def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[str, int]:
     """Check that ``path`` is a usable MVTec-style category folder.
 
     Checks: the folder, ``train/good`` and ``test`` exist; the training set is not empty; every split folder holds
@@ -189,6 +227,8 @@ def validate_mvtec_folder(path: str | Path) -> dict[str, int]:
 
     Args:
         path: The category folder (e.g. ``datasets/pixelrefine/brick``).
+        require_masks: Every defect folder needs its masks; ``False`` accepts image-level defect folders without a
+            ``ground_truth/<defect>`` folder (real defects with image labels only, e.g. ``elpv_real``).
 
     Returns:
         Number of images per split: ``{"train/good": n, "test/good": n, "test/<defect>": n, ...}``.
@@ -230,6 +270,10 @@ def validate_mvtec_folder(path: str | Path) -> dict[str, int]:
                 _image_size(image)
             continue
         mask_folder = ground_truth / folder.name
+        if not mask_folder.is_dir() and not require_masks:
+            for image in images:
+                _image_size(image)
+            continue
         if not mask_folder.is_dir():
             msg = f"Missing mask folder {mask_folder} for the defective images in {folder}."
             raise InvalidDatasetError(msg)
@@ -266,8 +310,10 @@ def elpv_available() -> bool:
     return importlib.util.find_spec("elpv_dataset") is not None
 
 
-def _load_elpv_normal(count: int, cell_type: str, generator: torch.Generator) -> list[np.ndarray]:
-    """Load ``count`` random defect-free (probability 0) ELPV cells of ``cell_type`` as 300x300 uint8 arrays.
+def _load_elpv(count: int, cell_type: str, generator: torch.Generator, probability: float = 0.0) -> list[np.ndarray]:
+    """Load ``count`` random ELPV cells of ``cell_type`` with defect ``probability`` as 300x300 uint8 arrays.
+
+    Probability 0 are the defect-free cells, 1.0 the cells the experts marked defective for sure.
 
     ``elpv_dataset.load_dataset`` reads all 2624 images; we read its ``labels.csv`` the same way and open only the
     images we use.
@@ -279,9 +325,9 @@ def _load_elpv_normal(count: int, cell_type: str, generator: torch.Generator) ->
     data_dir = Path(spec.origin).parent / "data"
     with (data_dir / "labels.csv").open() as handle:
         rows = [row.split() for row in handle if row.strip()]
-    normal = [row[0] for row in rows if float(row[1]) == 0.0 and row[2] == cell_type]
+    normal = [row[0] for row in rows if float(row[1]) == probability and row[2] == cell_type]
     if len(normal) < count:
-        msg = f"ELPV has only {len(normal)} normal {cell_type!r} cells, {count} requested."
+        msg = f"ELPV has only {len(normal)} {cell_type!r} cells of defect probability {probability}, {count} requested."
         raise ValueError(msg)
     chosen = torch.randperm(len(normal), generator=generator)[:count].tolist()
     images = []
@@ -331,13 +377,19 @@ def _build_category(
     digest = int(hashlib.sha256(category.encode()).hexdigest()[:8], 16)
     generator = torch.Generator().manual_seed(seed * 7919 + digest)
     total = n_train + n_test_good + n_test_defect * len(defects)
+    if category == "elpv_real":
+        # Real defects: cells the ELPV experts marked defective for sure (probability 1.0); image labels only.
+        normal = _to_tensor(_load_elpv(n_train + n_test_good, "mono", generator), image_size)
+        real = _to_tensor(_load_elpv(n_test_defect * len(defects), "mono", generator, probability=1.0), image_size)
+        return normal[:n_train], normal[n_train:], {"defect": (real, None)}
     if category == "elpv":
-        raw = _load_elpv_normal(total, "mono", generator)
+        raw = _load_elpv(total, "mono", generator)
     elif category in TEXTURES:
         # A quarter of the 512 px texture per tile: enough structure at 64-256 px.
         raw = _texture_tiles(category, total, 128, generator)
     else:
-        msg = f"Unknown default category {category!r}. Known: {', '.join(DEFAULT_CATEGORIES)}."
+        known = ", ".join((*DEFAULT_CATEGORIES, *IMAGE_LEVEL_CATEGORIES))
+        msg = f"Unknown default category {category!r}. Known: {known}."
         raise ValueError(msg)
     images = _to_tensor(raw, image_size)
     train, test_good = images[:n_train], images[n_train : n_train + n_test_good]
@@ -345,7 +397,7 @@ def _build_category(
     start = n_train + n_test_good
     for index, name in enumerate(defects):
         normal = images[start + index * n_test_defect : start + (index + 1) * n_test_defect]
-        defective, masks = _defect_generator(name, seed=seed * 1009 + digest + index)(normal)
+        defective, masks = defect_generator(name, seed=seed * 1009 + digest + index)(normal)
         defect_sets[name] = (defective, masks)
     return train, test_good, defect_sets
 
@@ -367,8 +419,10 @@ def build_default_benchmark(
     Categories: scikit-image's bundled textures ``brick``, ``grass``, ``gravel`` (grey, written as RGB) and ``elpv``
     (defect-free monocrystalline solar cells of the ELPV data set, when ``elpv-dataset`` is installed). Each gets
     ``n_train`` normal training images, ``n_test_good`` normal test images and ``n_test_defect`` images per defect
-    kind in ``defects`` (``cut_paste_color``, ``cut_paste_patch``, ``scar``, ``perlin``, ``hand_drawn``, ``crack``)
-    with exact masks.
+    kind in ``defects`` (:data:`DEFAULT_DEFECTS`: cut-paste colour/patch, scar, Perlin, hand-drawn, crack, stain,
+    burn, pitting, scratch, texture swap; ~0.02-10 % of the image) with exact masks. ``elpv_real`` (asked for by
+    name) holds *real* defective monocrystalline cells (defect probability 1.0, ``n_test_defect * len(defects)``
+    of them in ``test/defect``) with image labels only.
 
     Args:
         root: Output root; each category is written to ``root / category``.
@@ -400,7 +454,7 @@ def build_default_benchmark(
         use_elpv = elpv_available() if include_elpv is None else include_elpv
         categories = [name for name in DEFAULT_CATEGORIES if name != "elpv" or use_elpv]
     for name in defects:
-        _defect_generator(name, 0)  # validates the names before any work
+        defect_generator(name, 0)  # validates the names before any work
     paths = {}
     for category in categories:
         params: dict[str, Any] = {
@@ -419,7 +473,7 @@ def build_default_benchmark(
             try:
                 cached = json.loads(manifest.read_text()) == params
                 if cached:
-                    validate_mvtec_folder(path)
+                    validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
             except (json.JSONDecodeError, InvalidDatasetError):
                 cached = False
             if cached:
@@ -431,7 +485,7 @@ def build_default_benchmark(
             category, image_size, n_train, n_test_good, n_test_defect, defects, seed
         )
         write_mvtec_folder(root, category, train, test_good, defect_sets)
-        validate_mvtec_folder(path)
+        validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
         manifest.write_text(json.dumps(params, indent=2))
         paths[category] = path
     return paths
@@ -445,10 +499,14 @@ def default_datamodule(
     eval_batch_size: int = 16,
     num_workers: int = 0,
     seed: int | None = None,
-    val_split_mode: str = "same_as_test",
-    val_split_ratio: float = 0.5,
+    val_split_mode: str = "synthetic",
+    val_split_ratio: float = 0.25,
 ) -> Any:
-    """Anomalib ``MVTecAD`` datamodule for an MVTec-style category folder (validated first).
+    """Anomalib datamodule for an MVTec-style category folder (validated first), with an honest validation split.
+
+    The default validation never sees a test image: ``val_split_ratio`` of the normal training images are held back
+    and each gets a copy with a synthetic defect of this package's kinds (:class:`SyntheticValMVTecAD`), so image and
+    pixel thresholds and the refiners' initial masks are calibrated without annotated defects.
 
     Args:
         path: The category folder, or the dataset root when ``category`` is given.
@@ -457,32 +515,44 @@ def default_datamodule(
         train_batch_size: Training batch size.
         eval_batch_size: Evaluation batch size.
         num_workers: Data-loader workers.
-        seed: Seed of anomalib's splits.
-        val_split_mode: anomalib's validation split: ``same_as_test`` (MVTec AD's default: thresholds are
-            calibrated on the test images, so Dice at the threshold equals the best Dice) or ``from_test`` (a
-            held-out ``val_split_ratio`` share of the test images calibrates the thresholds).
-        val_split_ratio: Share of the test images moved to validation with ``from_test``.
+        seed: Seed of the splits and the synthetic defects.
+        val_split_mode: ``synthetic`` (default; see above), ``same_as_test`` (thresholds calibrated on the test masks
+            themselves: an *oracle* upper bound, never a deployable number), ``from_test`` (a held-out share of the
+            test images), ``from_train`` (normal images only) or ``none``.
+        val_split_ratio: Share of the training (``synthetic``/``from_train``) or test (``from_test``) images moved to
+            validation.
 
     Returns:
-        An ``anomalib.data.MVTecAD`` datamodule.
+        A :class:`SyntheticValMVTecAD` datamodule, or a :class:`SyntheticValFolder` for image-level categories
+        (defect folders without masks, e.g. ``elpv_real``).
     """
-    from anomalib.data import MVTecAD
+    from .synthetic_val import SyntheticValFolder, SyntheticValMVTecAD
 
     folder = Path(path) / category if category is not None else Path(path)
-    validate_mvtec_folder(folder)
+    image_level = not (folder / "ground_truth").is_dir()
+    validate_mvtec_folder(folder, require_masks=not image_level)
     augmentations = None
     if image_size is not None:
         from torchvision.transforms import v2
 
         augmentations = v2.Resize((image_size, image_size), antialias=True)
-    return MVTecAD(
-        root=folder.parent,
-        category=folder.name,
-        train_batch_size=train_batch_size,
-        eval_batch_size=eval_batch_size,
-        num_workers=num_workers,
-        augmentations=augmentations,
-        seed=seed,
-        val_split_mode=val_split_mode,
-        val_split_ratio=val_split_ratio,
-    )
+    common = {
+        "train_batch_size": train_batch_size,
+        "eval_batch_size": eval_batch_size,
+        "num_workers": num_workers,
+        "augmentations": augmentations,
+        "seed": seed,
+        "val_split_mode": val_split_mode,
+        "val_split_ratio": val_split_ratio,
+    }
+    if image_level:
+        defect_dirs = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good")
+        return SyntheticValFolder(
+            name=folder.name,
+            root=folder,
+            normal_dir="train/good",
+            abnormal_dir=[f"test/{name}" for name in defect_dirs],
+            normal_test_dir="test/good",
+            **common,
+        )
+    return SyntheticValMVTecAD(root=folder.parent, category=folder.name, **common)

@@ -1,9 +1,10 @@
 """Synthetic defect generators with exact masks.
 
 Every generator takes a normal image (float tensor in ``[0, 1]``, shape ``(C, H, W)`` or ``(B, C, H, W)``) and returns
-the defective image and its binary mask (``(1, H, W)`` or ``(B, 1, H, W)``). The mask is exact: a pixel is in the mask
-if and only if it was changed, and every changed pixel differs from the original by at least ``min_diff`` in some
-channel (the "far from the original" check of F2PAD, eq. 16). Pixels outside the mask are bit-identical to the input.
+the defective image and its binary mask (``(1, H, W)`` or ``(B, 1, H, W)``). The mask is exact: every masked pixel
+differs from the original by at least ``min_diff`` in some channel (the "far from the original" check of F2PAD,
+eq. 16), and pixels outside the mask are bit-identical to the input, except for the soft-edged kinds (stains, burns),
+whose faint halo below the annotated level stays, as around real stains.
 
 Generators:
     * :class:`CutPaste` - rectangle filled with a random colour (F2PAD eq. 16) or with a patch cut from another image
@@ -12,6 +13,11 @@ Generators:
     * :class:`PerlinDefect` - DRAEM-style Perlin-noise defect (wraps anomalib's ``PerlinAnomalyGenerator``).
     * :class:`HandDrawnDefect` - brush strokes along smooth random polylines (PNI's "manual drawing").
     * :class:`CrackDefect` - thin, jagged, branching dark cracks (PAEDID's simulated wood cracks).
+    * :class:`StainDefect` - soft-edged, low-contrast stain / discolouration.
+    * :class:`BurnDefect` - dark blob with a radial gradient.
+    * :class:`PittingDefect` - cluster of tiny spots.
+    * :class:`ScratchDefect` - thin, low-contrast, gently curved line.
+    * :class:`TextureSwapDefect` - large irregular region filled with another texture (cut-paste / texture swap).
     * :class:`MixedDefect` - picks one generator per image (default: PNI's four kinds in equal shares).
 
 All randomness comes from a ``torch.Generator`` (the ``generator`` argument of ``forward``, else an internal one seeded
@@ -38,6 +44,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = [
+    "BurnDefect",
     "CrackDefect",
     "CutPaste",
     "CutPasteScar",
@@ -45,7 +52,11 @@ __all__ = [
     "HandDrawnDefect",
     "MixedDefect",
     "PerlinDefect",
+    "PittingDefect",
+    "ScratchDefect",
+    "StainDefect",
     "SyntheticDefectDataset",
+    "TextureSwapDefect",
 ]
 
 
@@ -159,6 +170,9 @@ class DefectGenerator(nn.Module):
         max_tries: Attempts to get a non-empty mask before falling back to a small square.
     """
 
+    #: Keep changes just outside the mask (a faint halo, below the annotated level) instead of restoring them.
+    soft_edge = False
+
     def __init__(self, min_diff: float = 0.1, seed: int | None = None, max_tries: int = 10) -> None:
         super().__init__()
         if not 0.0 < min_diff <= 0.5:
@@ -261,12 +275,15 @@ class DefectGenerator(nn.Module):
         return out.to(image.dtype), mask[None].to(image.dtype)
 
     def _finalize(self, original: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Clamp, keep the original outside ``mask`` and push weakly changed masked pixels ``min_diff`` away."""
+        """Clamp, keep the original outside ``mask`` and push weakly changed masked pixels ``min_diff`` away.
+
+        Soft-edged kinds (``soft_edge``) keep their faint halo outside the mask.
+        """
         candidate = candidate.clamp(0, 1)
         weak = mask & ((candidate - original).abs().amax(0) < self.min_diff)
         pushed = torch.where(original < 0.5, original + self.min_diff, original - self.min_diff)
         candidate = torch.where(weak[None], pushed, candidate)
-        return torch.where(mask[None], candidate, original)
+        return candidate if self.soft_edge else torch.where(mask[None], candidate, original)
 
     @staticmethod
     def _random_color(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -616,6 +633,281 @@ class CrackDefect(HandDrawnDefect):
         return torch.where(mask[None], image * darkness, image), mask
 
 
+def _log_uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """Draw one float log-uniformly from ``[low, high)`` (sizes spanning decades)."""
+    return math.exp(_uniform(generator, math.log(low), math.log(high)))
+
+
+def _random_center(height: int, width: int, generator: torch.Generator, margin: float = 0.1) -> tuple[float, float]:
+    """A ``(y, x)`` point at least ``margin`` of the size away from the borders."""
+    return (
+        _uniform(generator, margin, 1 - margin) * (height - 1),
+        _uniform(generator, margin, 1 - margin) * (width - 1),
+    )
+
+
+def irregular_blob(
+    height: int,
+    width: int,
+    center: tuple[float, float],
+    radius: float,
+    generator: torch.Generator,
+    irregularity: float = 0.3,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Normalised radial distance ``d / r(theta)`` of every pixel to an irregular blob's boundary ``(H, W)``.
+
+    The boundary radius ``r(theta) = radius (1 + sum_k a_k cos(k theta + phi_k))`` (k = 2..4) makes a smooth,
+    non-circular outline; values < 1 are inside. Soft and hard shapes are functions of this field.
+    """
+    ys, xs = _pixel_grid(height, width, device or torch.device("cpu"))
+    dy, dx = ys - center[0], xs - center[1]
+    theta = torch.atan2(dy, dx)
+    harmonics = torch.arange(2, 5, dtype=torch.float32)
+    amplitude = torch.rand(3, generator=generator) * irregularity / harmonics
+    phase = torch.rand(3, generator=generator) * 2 * math.pi
+    wobble = (
+        amplitude.to(theta.device)[:, None, None]
+        * torch.cos(harmonics.to(theta.device)[:, None, None] * theta + phase.to(theta.device)[:, None, None])
+    ).sum(0)
+    boundary = radius * (1 + wobble).clamp_min(0.3)
+    return torch.sqrt(dy**2 + dx**2) / boundary
+
+
+class StainDefect(DefectGenerator):
+    """Soft-edged, low-contrast stain or discolouration (a tinted blob with a smooth boundary).
+
+    The colour shift fades smoothly across the boundary: the mask is where at least half the peak shift is applied
+    (what an annotator would mark); the faint halo outside it stays in the image (``soft_edge``), as real stains do.
+
+    Args:
+        area_range: Range of the masked area relative to the image area (sampled log-uniformly).
+        contrast_range: Range of the peak intensity shift.
+        softness: Width of the fading boundary relative to the radius.
+        tint: Strength of the colour difference between channels (0: the same shift in every channel).
+        min_diff: See :class:`DefectGenerator` (small: stains are faint).
+        seed: See :class:`DefectGenerator`.
+    """
+
+    soft_edge = True
+
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.003, 0.10),
+        contrast_range: tuple[float, float] = (0.08, 0.2),
+        softness: float = 0.3,
+        tint: float = 0.3,
+        min_diff: float = 0.04,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        self.area_range = _check_range("area_range", area_range, 1e-6, 1.0)
+        self.contrast_range = _check_range("contrast_range", contrast_range, 0.0, 1.0)
+        self.softness = float(softness)
+        self.tint = float(tint)
+
+    def _profile(self, distance: torch.Tensor) -> torch.Tensor:
+        """Share of the peak change at normalised distance ``distance`` (0.5 on the boundary)."""
+        return torch.sigmoid((1 - distance) / max(self.softness, 1e-3) * 4)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        radius = math.sqrt(_log_uniform(generator, *self.area_range) * height * width / math.pi)
+        distance = irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+        alpha = self._profile(distance.to(image.device))
+        sign = 1.0 if _uniform(generator, 0, 1) < 0.5 else -1.0
+        shift = sign * _uniform(generator, *self.contrast_range)
+        channel = 1 - self.tint * torch.rand(image.shape[0], 1, 1, generator=generator)
+        out = image + alpha[None] * shift * channel.to(image)
+        return out, alpha >= 0.5
+
+
+class BurnDefect(StainDefect):
+    """Burn mark: a dark blob whose darkening falls off radially from its centre, with an irregular outline.
+
+    The image is multiplied by ``1 - depth * g`` with a radial gradient ``g`` (1 at the centre); the mask is where
+    the darkening is at least a third of its peak.
+
+    Args:
+        area_range: Range of the masked area relative to the image area (sampled log-uniformly).
+        depth_range: Range of the peak darkening factor.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.001, 0.05),
+        depth_range: tuple[float, float] = (0.5, 0.9),
+        min_diff: float = 0.05,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(area_range=area_range, min_diff=min_diff, seed=seed)
+        self.depth_range = _check_range("depth_range", depth_range, 0.0, 1.0)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        radius = math.sqrt(_log_uniform(generator, *self.area_range) * height * width / math.pi)
+        distance = irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+        # Gaussian fall-off reaching 1/3 of the peak on the boundary (distance 1).
+        gradient = torch.exp(-math.log(3.0) * distance.to(image.device) ** 2)
+        depth = _uniform(generator, *self.depth_range)
+        out = image * (1 - depth * gradient[None])
+        return out, gradient >= 1 / 3
+
+
+class PittingDefect(DefectGenerator):
+    """Pitting: a cluster of tiny dark (or bright) spots.
+
+    Args:
+        num_spots: Range of the number of spots in the cluster.
+        cluster_radius: Range of the cluster radius relative to the shorter image side.
+        spot_radius: Range of the spot radius relative to the shorter image side (at least ``min_radius`` px).
+        min_radius: Minimal spot radius in pixels.
+        contrast_range: Range of the spot contrast.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        num_spots: tuple[int, int] = (2, 20),
+        cluster_radius: tuple[float, float] = (0.02, 0.12),
+        spot_radius: tuple[float, float] = (0.003, 0.015),
+        min_radius: float = 0.6,
+        contrast_range: tuple[float, float] = (0.25, 0.6),
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        self.num_spots = tuple(int(v) for v in _check_range("num_spots", num_spots, 1))
+        self.cluster_radius = _check_range("cluster_radius", cluster_radius, 0.0)
+        self.spot_radius = _check_range("spot_radius", spot_radius, 0.0)
+        self.min_radius = float(min_radius)
+        self.contrast_range = _check_range("contrast_range", contrast_range, 0.0, 1.0)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        side = min(height, width)
+        count = _randint(generator, *self.num_spots)
+        center = torch.tensor(_random_center(height, width, generator))
+        spread = _uniform(generator, *self.cluster_radius) * side
+        angle = torch.rand(count, generator=generator) * 2 * math.pi
+        reach = torch.sqrt(torch.rand(count, generator=generator)) * spread  # uniform over the disc
+        spots = center + torch.stack((torch.sin(angle), torch.cos(angle)), -1) * reach[:, None]
+        low, high = self.spot_radius
+        radii = (low + (high - low) * torch.rand(count, generator=generator)) * side
+        radii = radii.clamp_min(self.min_radius)
+        ys, xs = _pixel_grid(height, width, image.device)
+        dist_sq = (ys[None] - spots[:, 0, None, None].to(ys)) ** 2 + (xs[None] - spots[:, 1, None, None].to(xs)) ** 2
+        mask = (dist_sq <= radii.to(ys)[:, None, None] ** 2).any(0)
+        contrast = _uniform(generator, *self.contrast_range)
+        out = image - contrast if _uniform(generator, 0, 1) < 0.7 else image + contrast  # mostly dark pits
+        return out, mask
+
+
+class ScratchDefect(HandDrawnDefect):
+    """Thin, low-contrast scratch: a long, gently curved line one or two pixels wide, slightly brighter or darker.
+
+    Args:
+        length_range: Scratch length relative to the shorter image side.
+        width_range: Line width in pixels.
+        contrast_range: Range of the intensity change.
+        max_turn: Maximal turning angle between the segments in degrees.
+        min_diff: See :class:`DefectGenerator` (small: scratches are faint).
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        length_range: tuple[float, float] = (0.2, 0.8),
+        width_range: tuple[float, float] = (1.0, 2.0),
+        contrast_range: tuple[float, float] = (0.08, 0.2),
+        max_turn: float = 12.0,
+        min_diff: float = 0.06,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(max_turn=max_turn, min_diff=min_diff, seed=seed)
+        self.length_range = _check_range("length_range", length_range, 0.0)
+        self.width_range = _check_range("width_range", width_range, 0.0)
+        self.contrast_range = _check_range("contrast_range", contrast_range, 0.0, 1.0)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        segments = 4
+        length = _uniform(generator, *self.length_range) * min(height, width)
+        points = self._walk(height, width, segments + 1, length / segments, self.max_turn, generator)
+        mask = polyline_mask(height, width, points, _uniform(generator, *self.width_range), image.device)
+        shift = _uniform(generator, *self.contrast_range) * (1.0 if _uniform(generator, 0, 1) < 0.5 else -1.0)
+        return image + shift, mask
+
+
+class TextureSwapDefect(DefectGenerator):
+    """Large cut-paste / texture-swap region: an irregular blob filled with another image's texture.
+
+    The fill is the batch's next image (or the image itself), rotated by 90 degrees, rescaled by a factor from
+    ``scale_range`` and shifted, so both the texture's orientation and grain differ from the surroundings.
+
+    Args:
+        area_range: Range of the region area relative to the image area (sampled log-uniformly).
+        scale_range: Range of the texture rescaling factor.
+        min_diff: See :class:`DefectGenerator`.
+        seed: See :class:`DefectGenerator`.
+    """
+
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.02, 0.10),
+        scale_range: tuple[float, float] = (0.6, 1.6),
+        min_diff: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(min_diff=min_diff, seed=seed)
+        self.area_range = _check_range("area_range", area_range, 1e-6, 1.0)
+        self.scale_range = _check_range("scale_range", scale_range, 0.1, 10.0)
+
+    def _generate(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        source: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        radius = math.sqrt(_log_uniform(generator, *self.area_range) * height * width / math.pi)
+        distance = irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+        src = image if source is None else source.to(image)
+        src = torch.rot90(src, _randint(generator, 1, 3), dims=(-2, -1))
+        scale = _uniform(generator, *self.scale_range)
+        size = (max(2, round(src.shape[-2] * scale)), max(2, round(src.shape[-1] * scale)))
+        src = torch.nn.functional.interpolate(src[None], size=size, mode="bilinear", align_corners=False)[0]
+        # Tile the rescaled texture over the image, then shift it.
+        reps = (math.ceil(height / size[0]) + 1, math.ceil(width / size[1]) + 1)
+        tiled = src.repeat(1, *reps)
+        top, left = _randint(generator, 0, size[0] - 1), _randint(generator, 0, size[1] - 1)
+        fill = tiled[:, top : top + height, left : left + width]
+        return fill, distance.to(image.device) < 1
+
+
 class MixedDefect(DefectGenerator):
     """Pick one generator per image at random.
 
@@ -737,3 +1029,19 @@ class SyntheticDefectDataset(Dataset):
         if float(torch.rand(1, generator=rng).item()) >= self.probability:
             return image, torch.zeros(1, *image.shape[-2:], dtype=image.dtype)
         return self.generator(image, generator=rng)
+
+
+#: Defect size bins by the masked share of the image: ``(name, lower bound, upper bound)``.
+SIZE_BINS: tuple[tuple[str, float, float], ...] = (
+    ("tiny<0.2%", 0.0, 0.002),
+    ("small0.2-1%", 0.002, 0.01),
+    ("medium1-4%", 0.01, 0.04),
+    ("large>=4%", 0.04, 1.0 + 1e-9),
+)
+
+
+def size_bin(area_fraction: float) -> str:
+    """Name of the :data:`SIZE_BINS` bin of a defect covering ``area_fraction`` of the image ("" for no defect)."""
+    if not area_fraction > 0:
+        return ""
+    return next(name for name, low, high in SIZE_BINS if low <= area_fraction < high)

@@ -4,6 +4,7 @@ The classes are anomalib metrics (``AnomalibMetric`` + torchmetrics ``Metric``) 
 the functions in :mod:`anomalib_pixelrefine.metrics.functional` work on plain tensors.
 """
 
+from .deployed import EmptyMaskRate, GoodFPArea, MeanImageDice, MeanImageIoU, per_image_mask_stats
 from .functional import (
     aspro_score,
     best_threshold_dice,
@@ -21,13 +22,18 @@ __all__ = [
     "BestDice",
     "BestIoU",
     "Dice",
+    "EmptyMaskRate",
+    "GoodFPArea",
     "IoU",
+    "MeanImageDice",
+    "MeanImageIoU",
     "aspro_score",
     "best_threshold_dice",
     "best_threshold_iou",
     "dice_score",
     "iou_score",
     "load_defects_config",
+    "per_image_mask_stats",
     "spro_curve",
     "spro_score",
 ]

@@ -1,0 +1,195 @@
+"""Validation without annotated defects: held-back normal training images plus copies with synthetic defects.
+
+Most anomalib users have only normal images. anomalib's ``val_split_mode="synthetic"`` holds back a share of the
+training images and paints DRAEM-style Perlin anomalies on half of them; thresholds calibrated that way fit Perlin
+blobs only. :class:`SyntheticValidationMixin` keeps anomalib's split (same ``val_split_ratio``, same seed) and paints
+every kind of this package's generators instead (cut-paste, scars, Perlin, cracks, strokes, stains, burns, pitting,
+scratches, texture swaps, in turn), on a copy of *every* held-back image, so validation has as many normal as
+defective images and never touches the test split. Image and pixel thresholds (anomalib's F1-adaptive ones) and the
+refiners' initial masks are then calibrated without a single annotated defect.
+
+Example:
+    >>> from anomalib_pixelrefine.data import SyntheticValMVTecAD
+    >>> datamodule = SyntheticValMVTecAD(root="./datasets/MVTecAD", category="bottle")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from tempfile import mkdtemp
+from typing import Any
+
+import pandas as pd
+from anomalib.data import Folder, MVTecAD
+from anomalib.data.datasets.base import AnomalibDataset
+from anomalib.data.utils import Split, ValSplitMode, read_image
+from anomalib.data.utils.split import random_split
+from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
+from PIL import Image
+
+__all__ = ["SYNTHETIC_VAL_DEFECTS", "SyntheticDefectValDataset", "SyntheticValFolder", "SyntheticValMVTecAD"]
+
+#: Defect kinds painted on the held-back images, in turn.
+SYNTHETIC_VAL_DEFECTS: tuple[str, ...] = (
+    "cut_paste_color",
+    "scar",
+    "perlin",
+    "crack",
+    "hand_drawn",
+    "stain",
+    "burn",
+    "pitting",
+    "scratch",
+    "texture_swap",
+)
+
+
+class SyntheticDefectValDataset(SyntheticAnomalyDataset):
+    """Normal images plus one defective copy of each (this package's generators), written to a temporary folder.
+
+    Reuses anomalib's :class:`SyntheticAnomalyDataset` life cycle (the temporary folder is removed with the dataset;
+    copies do not remove it), with this package's defect kinds instead of Perlin noise only.
+
+    Args:
+        augmentations: The source dataset's augmentations.
+        source_samples: anomalib samples of normal images (``image_path``, ``label``, ``label_index``, ...).
+        dataset_name: Name used for the temporary folder.
+        defects: Defect kinds, used in turn (names of :func:`anomalib_pixelrefine.data.folder.defect_generator`).
+        seed: Seed of the defects (image ``i`` gets its own generator seeded with ``(seed, i)``).
+    """
+
+    def __init__(
+        self,
+        augmentations: Any,
+        source_samples: pd.DataFrame,
+        dataset_name: str,
+        defects: Sequence[str] = SYNTHETIC_VAL_DEFECTS,
+        seed: int = 0,
+    ) -> None:
+        # Not SyntheticAnomalyDataset.__init__: it would paint Perlin anomalies; the rest of its life cycle is kept.
+        AnomalibDataset.__init__(self, augmentations=augmentations)
+        from .folder import _to_uint8, defect_generator
+
+        if len(source_samples) == 0:
+            msg = "The synthetic validation set needs at least one held-back normal image (raise val_split_ratio)."
+            raise ValueError(msg)
+        if (source_samples.label_index == 1).any():
+            msg = "The synthetic validation set must be built from normal images only."
+            raise ValueError(msg)
+        self.source_samples = source_samples
+        self.root = Path(mkdtemp(prefix=f"pixelrefine_val_{dataset_name}_"))
+        self._cleanup = True
+        (self.root / "abnormal").mkdir()
+        (self.root / "ground_truth").mkdir()
+        normal = source_samples.filter(["image_path", "label", "label_index", "mask_path", "split"]).copy()
+        normal["split"] = Split.VAL
+        rows = []
+        for index, path in enumerate(normal.image_path):
+            generator = defect_generator(defects[index % len(defects)], seed=seed * 1_000_003 + index)
+            image = read_image(path, as_tensor=True)
+            defective, mask = generator(image[:3] if image.shape[0] > 3 else image)
+            name = f"{index:04d}.png"
+            Image.fromarray(_to_uint8(defective)).save(self.root / "abnormal" / name)
+            Image.fromarray(_to_uint8(mask, is_mask=True)).save(self.root / "ground_truth" / name)
+            rows.append(
+                {
+                    "image_path": str(self.root / "abnormal" / name),
+                    "label": "abnormal",
+                    "label_index": 1,
+                    "mask_path": str(self.root / "ground_truth" / name),
+                    "split": Split.VAL,
+                }
+            )
+        normal["mask_path"] = ""
+        self.samples = pd.concat([normal, pd.DataFrame(rows)], ignore_index=True)
+        self.samples.attrs["task"] = "segmentation"
+
+
+class SyntheticValidationMixin:
+    """anomalib datamodule mixin: ``val_split_mode="synthetic"`` paints this package's defect kinds.
+
+    Args:
+        val_defects: Defect kinds painted on the held-back normal images (default :data:`SYNTHETIC_VAL_DEFECTS`).
+        *args: The datamodule's arguments.
+        **kwargs: The datamodule's keyword arguments.
+    """
+
+    def __init__(self, *args: Any, val_defects: Sequence[str] | None = None, **kwargs: Any) -> None:
+        from .folder import defect_generator
+
+        self.val_defects = list(val_defects or SYNTHETIC_VAL_DEFECTS)
+        for name in self.val_defects:
+            defect_generator(name, 0)  # one-line error for an unknown kind, before any work
+        super().__init__(*args, **kwargs)
+
+    def _create_val_split(self) -> None:
+        if self.val_split_mode != ValSplitMode.SYNTHETIC:
+            super()._create_val_split()  # type: ignore[misc]
+            return
+        # anomalib's own split of the training images (same ratio and seed as its synthetic mode).
+        self.train_data, normal_val = random_split(self.train_data, self.val_split_ratio, seed=self.seed)
+        seed = 0 if self.seed is None else int(self.seed)
+        self.val_data = SyntheticDefectValDataset(
+            normal_val.augmentations,
+            normal_val.samples,
+            normal_val.name,
+            defects=self.val_defects,
+            seed=seed,
+        )
+
+
+class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
+    """anomalib's ``MVTecAD`` with synthetic validation by default (``val_split_mode="synthetic"``, 25 %).
+
+    Args:
+        *args: ``MVTecAD`` arguments.
+        val_split_mode: anomalib's validation mode; ``synthetic`` uses this package's defect kinds.
+        val_split_ratio: Share of the training images held back for validation.
+        val_defects: See :class:`SyntheticValidationMixin`.
+        **kwargs: ``MVTecAD`` keyword arguments.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
+        val_split_ratio: float = 0.25,
+        val_defects: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            val_defects=val_defects,
+            **kwargs,
+        )
+
+
+class SyntheticValFolder(SyntheticValidationMixin, Folder):
+    """anomalib's ``Folder`` with synthetic validation by default (``val_split_mode="synthetic"``, 25 %).
+
+    Args:
+        *args: ``Folder`` arguments.
+        val_split_mode: anomalib's validation mode; ``synthetic`` uses this package's defect kinds.
+        val_split_ratio: Share of the training images held back for validation.
+        val_defects: See :class:`SyntheticValidationMixin`.
+        **kwargs: ``Folder`` keyword arguments.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
+        val_split_ratio: float = 0.25,
+        val_defects: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            val_defects=val_defects,
+            **kwargs,
+        )
