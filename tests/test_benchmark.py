@@ -70,6 +70,9 @@ def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: 
     )
     for column in ("image_auroc", "pixel_auroc", "aupro", "best_dice", "best_iou", "dice", "iou"):
         assert 0.0 <= row[column] <= 1.0, column
+    for column in ("mean_image_dice", "mean_image_iou", "empty_mask_rate", "good_fp_area"):
+        assert 0.0 <= row[column] <= 1.0, column
+    assert (row["calibration"], row["pre_trained"]) == ("datamodule", "false")
     assert row["best_dice"] >= row["dice"] - 1e-6  # the best threshold is at least as good as the model's
     assert row["n_test"] > 0
     assert row["train_s"] > 0
@@ -84,12 +87,19 @@ def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: 
     assert saved["metadata"]["wall_time_s"] > 0
     assert saved["metadata"]["cpu_time_s"] > 0
     markdown = (out / "results.md").read_text()
-    assert "| dataset | model | post_processor | seed | image_auroc |" in markdown
+    assert "| dataset | model | post_processor | calibration | pre_trained | seed | image_auroc |" in markdown
+    assert "| oracle_best_dice | mean_image_dice | mean_image_iou | empty_mask_rate | good_fp_area |" in markdown
+    assert "by defect kind" in markdown
+    assert "by defect size" in markdown
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == row["n_test"]
     defective = per_image[per_image["area_fraction"] > 0]
     assert len(defective) > 0
     assert defective["dice"].between(0, 1).all()
+    assert defective["size_bin"].notna().all()
+    # The per-image records and the metric agree on the deployed masks.
+    assert defective["dice"].mean() == pytest.approx(row["mean_image_dice"], abs=1e-6)
+    assert (defective["pred_area_fraction"] == 0).mean() == pytest.approx(row["empty_mask_rate"], abs=1e-6)
     pngs = [
         out / "plots" / "bars_MVTecAD_gravel.png",
         out / "plots" / "dice_vs_size.png",
@@ -116,7 +126,7 @@ def test_grid_expands_to_the_cartesian_product(tiny_mvtec_root: Path) -> None:
     assert {label[1] for label in labels} == {"Padim", "Patchcore"}
     assert {label[2] for label in labels} == {"default", "f2pad"}
     assert {label[0] for label in labels} == {"MVTecAD/gravel", "MVTecAD/other"}
-    assert {label[3] for label in labels} == {0, 1}
+    assert {label[4] for label in labels} == {0, 1}
     assert len({job.job_id for job in jobs}) == 16
     # ``exclude`` drops the grid points matching all given labels
     config["exclude"] = [{"model": "patchcore", "post_processor": ["f2pad"]}, {"dataset": "MVTecAD/other", "seed": 1}]

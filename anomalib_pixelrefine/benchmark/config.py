@@ -55,7 +55,7 @@ _TOP_LEVEL_KEYS = {
     "exclude",
     "benchmark",
 }
-_EXCLUDE_KEYS = {"dataset", "model", "post_processor", "seed"}
+_EXCLUDE_KEYS = {"dataset", "model", "post_processor", "calibration", "seed"}
 _BENCHMARK_KEYS = {"seed", "model", "post_processor", "data", "engine"}
 _ISOLATION = {"process", "none"}
 _ACCELERATORS = {"cpu", "cuda"}

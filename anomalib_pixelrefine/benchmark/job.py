@@ -45,6 +45,9 @@ __all__ = [
     "PixelRefineBenchmarkJob",
     "build_datamodule",
     "build_test_metrics",
+    "calibration_name",
+    "host_pixel_threshold",
+    "pretrained_label",
     "resolve_model_class",
     "resolve_post_processor",
 ]
@@ -57,7 +60,8 @@ OUR_MODELS: dict[str, str] = {
 }
 DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
 
-# Result column -> (metric class path, fields, prefix).
+# Result column -> (metric class path, fields, prefix). ``best_dice``/``best_iou`` pick the threshold in hindsight on
+# the test masks (the oracle); the deployed-threshold columns are ``dice``/``iou`` (pooled) and the per-image ones.
 METRIC_COLUMNS: dict[str, tuple[str, list[str], str]] = {
     "image_auroc": ("anomalib.metrics.AUROC", ["pred_score", "gt_label"], "image_"),
     "pixel_auroc": ("anomalib.metrics.AUROC", ["anomaly_map", "gt_mask"], "pixel_"),
@@ -66,7 +70,13 @@ METRIC_COLUMNS: dict[str, tuple[str, list[str], str]] = {
     "best_iou": ("anomalib_pixelrefine.metrics.BestIoU", ["anomaly_map", "gt_mask"], "pixel_"),
     "dice": ("anomalib_pixelrefine.metrics.Dice", ["pred_mask", "gt_mask"], "pixel_"),
     "iou": ("anomalib_pixelrefine.metrics.IoU", ["pred_mask", "gt_mask"], "pixel_"),
+    "mean_image_dice": ("anomalib_pixelrefine.metrics.MeanImageDice", ["pred_mask", "gt_mask"], "pixel_"),
+    "mean_image_iou": ("anomalib_pixelrefine.metrics.MeanImageIoU", ["pred_mask", "gt_mask"], "pixel_"),
+    "empty_mask_rate": ("anomalib_pixelrefine.metrics.EmptyMaskRate", ["pred_mask", "gt_mask"], "pixel_"),
+    "good_fp_area": ("anomalib_pixelrefine.metrics.GoodFPArea", ["pred_mask", "gt_mask"], "pixel_"),
 }
+#: Columns computed from the image labels only (image-level data sets such as ``elpv_real``).
+IMAGE_LEVEL_COLUMNS = ("image_auroc",)
 
 
 class ComponentUnavailableError(ImportError):
@@ -172,6 +182,40 @@ def data_name(spec: str | dict[str, Any]) -> str:
     return f"{class_name}/{label}" if label else class_name
 
 
+def calibration_name(spec: str | dict[str, Any]) -> str:
+    """How a job's thresholds are calibrated: its validation split.
+
+    ``synthetic`` (the embedded data's default: synthetic defects on held-back training images), ``oracle_test``
+    (``same_as_test``: calibrated on the test masks themselves, an upper bound), or the datamodule's mode.
+    """
+    spec = {"class_path": spec} if isinstance(spec, str) else spec
+    mode = (spec.get("init_args") or {}).get("val_split_mode")
+    if mode is None:
+        return "synthetic" if str(spec["class_path"]).lower() in DEFAULT_DATA else "datamodule"
+    mode = str(getattr(mode, "value", mode))
+    return "oracle_test" if mode == "same_as_test" else mode
+
+
+def pretrained_label(init_args: dict[str, Any]) -> str:
+    """``true``/``false`` when every backbone of a model's arguments is (not) pretrained, ``mixed``, or ``n/a``."""
+    flags = [init_args["pre_trained"]] if "pre_trained" in init_args else []
+    flags += [member.get("pre_trained", True) for member in init_args.get("members") or [] if isinstance(member, dict)]
+    if "backbone" in init_args and "pre_trained" not in init_args:
+        flags.append(True)  # anomalib's default
+    if not flags:
+        return "n/a"
+    return str(bool(flags[0])).lower() if len(set(map(bool, flags))) == 1 else "mixed"
+
+
+def is_image_level(spec: str | dict[str, Any]) -> bool:
+    """Whether a data specification is an image-level category of the embedded data (no masks)."""
+    from anomalib_pixelrefine.data import IMAGE_LEVEL_CATEGORIES
+
+    spec = {"class_path": spec} if isinstance(spec, str) else spec
+    category = (spec.get("init_args") or {}).get("category")
+    return str(spec["class_path"]).lower() in DEFAULT_DATA and category in IMAGE_LEVEL_CATEGORIES
+
+
 def build_default_data(init_args: dict[str, Any]) -> Path:
     """Build (or reuse, it is cached) one category of the embedded default benchmark and return its folder.
 
@@ -216,7 +260,7 @@ def build_datamodule(spec: str | dict[str, Any], seed: int) -> Any:
         from anomalib_pixelrefine.data import default_datamodule
 
         path = build_default_data(init_args)
-        loader_keys = ("train_batch_size", "eval_batch_size", "num_workers")
+        loader_keys = ("train_batch_size", "eval_batch_size", "num_workers", "val_split_mode", "val_split_ratio")
         return default_datamodule(path, seed=seed, **{key: init_args[key] for key in loader_keys if key in init_args})
     if "." in class_path:
         cls = _import_object(class_path)
@@ -234,8 +278,11 @@ def build_datamodule(spec: str | dict[str, Any], seed: int) -> Any:
     return cls(**init_args)
 
 
-def build_test_metrics() -> tuple[dict[str, Any], dict[str, str]]:
+def build_test_metrics(image_level: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """Instantiate the test metrics of :data:`METRIC_COLUMNS`.
+
+    Args:
+        image_level: The test set has image labels only: build :data:`IMAGE_LEVEL_COLUMNS` only.
 
     Returns:
         ``({column: metric}, {column: reason})`` where the second dict lists metrics that are not available.
@@ -243,6 +290,8 @@ def build_test_metrics() -> tuple[dict[str, Any], dict[str, str]]:
     metrics: dict[str, Any] = {}
     missing: dict[str, str] = {}
     for column, (class_path, fields, prefix) in METRIC_COLUMNS.items():
+        if image_level and column not in IMAGE_LEVEL_COLUMNS:
+            continue
         try:
             metrics[column] = _import_object(class_path)(fields=fields, prefix=prefix)
         except ComponentUnavailableError as error:
@@ -280,6 +329,19 @@ def peak_rss_mb(method: str) -> float:
 
 
 # -------------------------------------------------------------------------------------------------------- callback
+def host_pixel_threshold(post_processor: Any) -> float | None:
+    """The deployed pixel threshold of the host model in raw anomaly-map units (``None`` when not calibrated).
+
+    A refiner keeps the host's calibrated threshold (its initial masks) in ``host_pixel_threshold``; anomalib's
+    ``PostProcessor`` in ``pixel_threshold`` (before its normalisation).
+    """
+    for name in ("host_pixel_threshold", "pixel_threshold"):
+        value = getattr(post_processor, name, None)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and torch.isfinite(value):
+            return float(value)
+    return None
+
+
 class TestOutputCollector(Callback):
     """Collect per-image results and the test-loop time while ``Engine.test`` runs.
 
@@ -312,6 +374,9 @@ class TestOutputCollector(Callback):
         return tensor[0, 0]
 
     def _flush(self) -> None:
+        from anomalib_pixelrefine.data import size_bin
+        from anomalib_pixelrefine.metrics import per_image_mask_stats
+
         if self._start is not None:
             self.seconds += time.perf_counter() - self._start
             self._start = None
@@ -326,35 +391,37 @@ class TestOutputCollector(Callback):
         if gt_mask is None:
             return
         gt = gt_mask.detach().cpu().reshape(len(gt_mask), *gt_mask.shape[-2:]).bool()
+        pred = None
         if pred_mask is not None:
             pred = pred_mask.detach().cpu().float().reshape(len(pred_mask), 1, *pred_mask.shape[-2:])
             if pred.shape[-2:] != gt.shape[-2:]:
                 pred = F.interpolate(pred, size=gt.shape[-2:], mode="nearest")
             pred = pred[:, 0] > 0.5
-            inter = (pred & gt).flatten(1).sum(1).float()
-            pred_area = pred.flatten(1).sum(1).float()
-        gt_area = gt.flatten(1).sum(1).float()
+        stats = per_image_mask_stats(pred if pred is not None else torch.zeros_like(gt), gt)
         for index in range(len(gt)):
-            label = int(labels[index]) if labels is not None else int(gt_area[index] > 0)
+            area = float(stats["gt_area"][index])
+            label = int(labels[index]) if labels is not None else int(area > 0)
             record: dict[str, Any] = {
                 "image_path": str(paths[index]),
                 "defect": Path(str(paths[index])).parent.name,
                 "gt_label": label,
-                "area_fraction": float(gt_area[index] / gt[index].numel()),
-                "dice": math.nan,
-                "iou": math.nan,
+                "area_fraction": area,
+                "size_bin": size_bin(area),
+                "dice": float(stats["dice"][index]) if pred is not None else math.nan,
+                "iou": float(stats["iou"][index]) if pred is not None else math.nan,
+                "pred_area_fraction": float(stats["pred_area"][index]) if pred is not None else math.nan,
             }
-            if pred_mask is not None and gt_area[index] > 0:
-                union = pred_area[index] + gt_area[index] - inter[index]
-                record["dice"] = float(2 * inter[index] / (pred_area[index] + gt_area[index]))
-                record["iou"] = float(inter[index] / union)
             self.per_image.append(record)
             host = self._host_maps[index] if index < len(self._host_maps) else None
             if host is not None and len(self.samples) < self.n_samples:
-                sample = {"image_path": str(paths[index]), "gt_mask": self._small(gt[index]), "host_map": host}
-                sample["pred_mask"] = self._small(pred[index]) if pred_mask is not None else None
-                if getattr(batch, "anomaly_map", None) is not None:
-                    sample["anomaly_map"] = self._small(batch.anomaly_map[index])
+                host_map, host_mask = host
+                sample = {
+                    "image_path": str(paths[index]),
+                    "gt_mask": self._small(gt[index]),
+                    "host_map": host_map,
+                    "host_mask": host_mask,
+                    "pred_mask": self._small(pred[index]) if pred is not None else None,
+                }
                 self.samples.append(sample)
         self._host_maps = []
 
@@ -365,8 +432,8 @@ class TestOutputCollector(Callback):
         self._start = time.perf_counter()
 
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
-        """Keep the raw (host) anomaly maps of defective images still needed for the grid."""
-        del trainer, pl_module, args, kwargs
+        """Keep the raw host anomaly maps (and the host's own mask at its threshold) still needed for the grid."""
+        del trainer, args, kwargs
         self._pending = outputs
         maps = getattr(outputs, "anomaly_map", None)
         labels = getattr(outputs, "gt_label", None)
@@ -374,9 +441,11 @@ class TestOutputCollector(Callback):
         needed = self.n_samples - len(self.samples)
         if maps is None or labels is None:
             return
+        threshold = host_pixel_threshold(getattr(pl_module, "post_processor", None))
         for index in range(len(maps)):
             keep = needed > 0 and bool(labels[index])
-            self._host_maps.append(self._small(maps[index]) if keep else None)
+            host_mask = None if threshold is None else self._small((maps[index] > threshold).float()) > 0.5
+            self._host_maps.append((self._small(maps[index]), host_mask) if keep else None)
             needed -= int(keep)
 
     def on_test_epoch_end(self, *args: Any, **kwargs: Any) -> None:
@@ -431,15 +500,21 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             "dataset": data_name(self.job_config["data"]),
             "model": model_name(self.job_config["model"]),
             "post_processor": post_processor_name(self.job_config.get("post_processor")),
+            "calibration": calibration_name(self.job_config["data"]),
             "seed": self.seed,
         }
 
     @property
     def job_id(self) -> str:
-        """File-name-safe identifier ``<dataset>-<model>-<post_processor>-s<seed>``."""
+        """File-name-safe identifier ``<dataset>-<model>-<post_processor>[-<calibration>]-s<seed>``."""
         labels = self.labels
-        text = f"{labels['dataset']}-{labels['model']}-{labels['post_processor']}-s{labels['seed']}"
+        calibration = "" if labels["calibration"] in {"synthetic", "datamodule"} else f"-{labels['calibration']}"
+        text = f"{labels['dataset']}-{labels['model']}-{labels['post_processor']}{calibration}-s{labels['seed']}"
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+    def _model_spec(self) -> dict[str, Any]:
+        spec = self.job_config["model"]
+        return {"class_path": spec} if isinstance(spec, str) else spec
 
     def run(self, task_id: int | None = None) -> dict[str, Any]:
         """Run the job; never raises (the row carries ``status`` and ``reason``).
@@ -452,6 +527,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         """
         row: dict[str, Any] = {"job_id": self.job_id, **self.labels, "status": "ok", "reason": ""}
         row.update(dict.fromkeys(METRIC_COLUMNS, math.nan))
+        row["pre_trained"] = pretrained_label(self._model_spec().get("init_args") or {})
         row["_per_image"] = []
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
@@ -477,12 +553,11 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         rss_method = reset_peak_rss()
         row["rss_start_mb"] = _status_mb("VmRSS") or math.nan
         seed_everything(self.seed, workers=True)
-        model_spec = self.job_config["model"]
-        model_spec = {"class_path": model_spec} if isinstance(model_spec, str) else model_spec
+        model_spec = self._model_spec()
         model_cls = resolve_model_class(model_spec["class_path"])
         post_processor = resolve_post_processor(self.job_config.get("post_processor"))
         datamodule = build_datamodule(self.job_config["data"], self.seed)
-        metrics, missing = build_test_metrics()
+        metrics, missing = build_test_metrics(image_level=is_image_level(self.job_config["data"]))
         if missing:
             row["reason"] = "; ".join(f"{column}: {reason}" for column, reason in missing.items())
         kwargs = dict(model_spec.get("init_args") or {})

@@ -3,13 +3,13 @@
 Files written by :func:`write_results` into ``output_dir``:
 
 * ``results.csv`` / ``results.json`` (rows + run metadata) / ``results.md`` (table per job and mean per method),
-* ``per_image.csv``: Dice/IoU of the final mask per test image with its defect area,
+* ``per_image.csv``: Dice/IoU and predicted area of the final mask per test image, with its defect kind, area and
+  size bin; ``results.md`` also breaks the deployed-threshold masks down by defect kind and size bin,
 * ``plots/bars_<dataset>.png``, ``plots/dice_vs_size.png``, and ``qualitative/<job_id>.png`` (written by the jobs).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "TABLE_COLUMNS",
+    "breakdown_tables",
     "markdown_table",
     "plot_bars",
     "plot_dice_vs_size",
@@ -31,12 +32,17 @@ TABLE_COLUMNS = (
     "dataset",
     "model",
     "post_processor",
+    "calibration",
+    "pre_trained",
     "seed",
     "image_auroc",
     "pixel_auroc",
     "aupro",
     "best_dice",
-    "best_iou",
+    "mean_image_dice",
+    "mean_image_iou",
+    "empty_mask_rate",
+    "good_fp_area",
     "dice",
     "iou",
     "train_s",
@@ -45,10 +51,11 @@ TABLE_COLUMNS = (
     "peak_rss_mb",
     "status",
 )
-_SCORES = ("image_auroc", "pixel_auroc", "aupro", "best_dice", "best_iou", "dice", "iou")
-_MEAN_COLUMNS = (*_SCORES, "train_s", "infer_ms_per_image", "cpu_s", "peak_rss_mb")
-# Anomaly size bins (fraction of the image area) for the Dice-vs-size plot, as in F2PAD Fig. 7 (small to large).
-SIZE_BINS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0)
+_SCORES = ("image_auroc", "pixel_auroc", "aupro", "best_dice", "mean_image_dice", "empty_mask_rate", "good_fp_area")
+_MEAN_COLUMNS = (*_SCORES, "mean_image_iou", "dice", "iou", "train_s", "infer_ms_per_image", "cpu_s", "peak_rss_mb")
+_METHOD = ["model", "post_processor", "calibration"]
+# Shown names of result columns: the best threshold is picked on the test masks in hindsight.
+_HEADERS = {"best_dice": "oracle_best_dice", "best_iou": "oracle_best_iou", "dice": "pooled_dice", "iou": "pooled_iou"}
 
 
 def _format(value: Any) -> str:
@@ -61,7 +68,8 @@ def _format(value: Any) -> str:
 
 def _table(frame: Any, columns: Sequence[str]) -> str:
     columns = [column for column in columns if column in frame.columns]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    headers = [_HEADERS.get(column, column) for column in columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_format(row[column]) for column in columns) + " |" for _, row in frame.iterrows()]
     return "\n".join(lines)
 
@@ -79,18 +87,76 @@ def markdown_table(frame: Any) -> str:
         return "(no benchmark results)"
     text = _table(frame, TABLE_COLUMNS)
     done = frame[frame["status"] == "ok"] if "status" in frame.columns else frame
+    keys = [key for key in _METHOD if key in done.columns]
     if len(done) > 1 and {"model", "post_processor"} <= set(done.columns):
         present = [column for column in _MEAN_COLUMNS if column in done.columns]
-        mean = done.groupby(["model", "post_processor"], sort=False)[present].mean().reset_index()
-        mean.insert(2, "jobs", done.groupby(["model", "post_processor"], sort=False).size().to_numpy())
-        text += "\n\nMean over datasets and seeds (jobs with status ok):\n\n"
-        text += _table(mean, ["model", "post_processor", "jobs", *present])
+        mean = done.groupby(keys, sort=False)[present].mean().reset_index()
+        mean.insert(len(keys), "jobs", done.groupby(keys, sort=False).size().to_numpy())
+        text += "\n\nMean over datasets and seeds (jobs with status ok; NaN-free mean per column):\n\n"
+        text += _table(mean, [*keys, "jobs", *present])
     skipped = frame[frame["status"] != "ok"] if "status" in frame.columns else frame.iloc[:0]
     if len(skipped):
         text += "\n\nNot run:\n\n" + "\n".join(
             f"- {row['job_id']}: {row['status']} ({row['reason']})" for _, row in skipped.iterrows()
         )
     return text
+
+
+def breakdown_tables(per_image: Any) -> str:
+    """Deployed-threshold masks by defect kind and by size bin: mean per-image Dice and empty-mask rate.
+
+    Args:
+        per_image: Per-image records (``defect``, ``size_bin``, ``dice``, ``pred_area_fraction``, ``gt_label``, the
+            job labels).
+
+    Returns:
+        Markdown: one table per grouping, rows = model/post-processor/calibration, columns = kinds or size bins
+        (``dice / empty`` per cell, ``n`` images per column in the header), plus the good-image false-positive area.
+    """
+    if per_image is None or len(per_image) == 0 or "size_bin" not in per_image:
+        return ""
+    keys = [key for key in _METHOD if key in per_image.columns]
+    frame = per_image.copy()
+    frame["empty"] = frame["pred_area_fraction"] == 0
+    defective = frame[(frame["area_fraction"] > 0) & frame["dice"].notna()]
+    if len(defective) == 0:
+        return ""
+    sections = []
+    for column, title in (("defect", "defect kind"), ("size_bin", "defect size (share of the image)")):
+        dice = defective.pivot_table(index=keys, columns=column, values="dice", aggfunc="mean", sort=False)
+        empty = defective.pivot_table(index=keys, columns=column, values="empty", aggfunc="mean", sort=False)
+        counts = defective.groupby(column).size() / max(len(defective.groupby(keys)), 1)
+        order = list(dice.columns)
+        if column == "size_bin":
+            from anomalib_pixelrefine.data import SIZE_BINS
+
+            order = [name for name, _, _ in SIZE_BINS if name in dice.columns]
+        header = [*keys, *(f"{name} (n={counts[name]:.0f})" for name in order)]
+        lines = [
+            f"Mean per-image Dice / empty-mask rate at the deployed threshold, by {title}:",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+        ]
+        for index, row in dice.iterrows():
+            labels = list(index) if isinstance(index, tuple) else [index]
+            cells = [f"{_format(float(row[name]))} / {_format(float(empty.loc[index, name]))}" for name in order]
+            lines.append("| " + " | ".join(map(str, labels + cells)) + " |")
+        sections.append("\n".join(lines))
+    good = frame[(frame["gt_label"] == 0) & frame["pred_area_fraction"].notna()]
+    if len(good):
+        fp = good.groupby(keys, sort=False)["pred_area_fraction"].agg(["mean", lambda x: float((x > 0).mean())])
+        lines = [
+            "Good images at the deployed threshold: mean predicted area / share with any predicted pixel:",
+            "",
+            "| " + " | ".join([*keys, "good_fp_area", "good_images_flagged"]) + " |",
+            "|" + "|".join("---" for _ in range(len(keys) + 2)) + "|",
+        ]
+        for index, row in fp.iterrows():
+            labels = list(index) if isinstance(index, tuple) else [index]
+            lines.append("| " + " | ".join(map(str, [*labels, _format(row.iloc[0]), _format(row.iloc[1])])) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
 
 
 def _pyplot() -> Any:
@@ -140,38 +206,40 @@ def plot_bars(frame: Any, output_dir: str | Path, metrics: Sequence[str] = _SCOR
     return paths
 
 
-def plot_dice_vs_size(per_image: Any, path: str | Path, bins: Sequence[float] = SIZE_BINS) -> Path | None:
-    """Mean Dice of the final mask per anomaly-size bin (defect area / image area), one line per method.
+def plot_dice_vs_size(per_image: Any, path: str | Path) -> Path | None:
+    """Mean per-image Dice of the final mask per defect-size bin (:data:`~anomalib_pixelrefine.data.SIZE_BINS`).
 
     Args:
         per_image: Per-image records with ``area_fraction``, ``dice``, ``model``, ``post_processor``.
         path: Output PNG.
-        bins: Bin edges of the area fraction.
 
     Returns:
         The file, or ``None`` when there is no defective image with a Dice value.
     """
+    from anomalib_pixelrefine.data import SIZE_BINS, size_bin
+
     if per_image is None or len(per_image) == 0 or "dice" not in per_image:
         return None
     defective = per_image[(per_image["area_fraction"] > 0) & per_image["dice"].notna()].copy()
     if len(defective) == 0:
         return None
     plt = _pyplot()
-    edges = np.asarray(bins, dtype=float)
-    defective["bin"] = np.clip(np.digitize(defective["area_fraction"].to_numpy(), edges) - 1, 0, len(edges) - 2)
-    labels = [f"{100 * low:g}–{100 * high:g}%" for low, high in itertools.pairwise(edges)]
+    names = [name for name, _, _ in SIZE_BINS]
+    bins = defective["area_fraction"].map(size_bin)
+    defective["bin"] = bins.map({name: index for index, name in enumerate(names)})
     fig, axis = plt.subplots(figsize=(7, 3.8))
-    for (model, post), group in defective.groupby(["model", "post_processor"], sort=False):
+    keys = [key for key in _METHOD if key in defective.columns]
+    for labels, group in defective.groupby(keys, sort=False):
         mean = group.groupby("bin")["dice"].mean()
-        axis.plot(
-            mean.index.to_numpy(), mean.to_numpy(), marker="o", label=model if post == "default" else f"{model}+{post}"
-        )
+        model, post = labels[0], labels[1]
+        label = model if post == "default" else f"{model}+{post}"
+        if len(labels) > 2 and labels[2] not in {"synthetic", "datamodule"}:
+            label += f" ({labels[2]})"
+        axis.plot(mean.index.to_numpy(), mean.to_numpy(), marker="o", label=label)
     counts = defective.groupby("bin").size()
-    axis.set_xticks(
-        range(len(labels)), [f"{label}\n(n={counts.get(i, 0)})" for i, label in enumerate(labels)], fontsize=7
-    )
-    axis.set_xlabel("anomaly size (defect area / image area)")
-    axis.set_ylabel("Dice")
+    axis.set_xticks(range(len(names)), [f"{name}\n(n={counts.get(i, 0)})" for i, name in enumerate(names)], fontsize=7)
+    axis.set_xlabel("defect size (defect area / image area)")
+    axis.set_ylabel("mean per-image Dice (deployed threshold)")
     axis.set_ylim(0, 1)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -183,10 +251,13 @@ def plot_dice_vs_size(per_image: Any, path: str | Path, bins: Sequence[float] = 
 
 
 def plot_qualitative(samples: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Grid with one row per sample: image, ground truth, host anomaly map, final (refined) mask.
+    """Grid with one row per sample: image, ground truth, host anomaly map, host mask and final mask.
+
+    Both masks are at the deployed (calibrated) thresholds: the host's own, and the final one after post-processing.
 
     Args:
-        samples: Dicts with ``image_path``, ``gt_mask``, ``host_map`` and ``pred_mask`` (tensors, ``None`` allowed).
+        samples: Dicts with ``image_path``, ``gt_mask``, ``host_map``, ``host_mask`` and ``pred_mask`` (tensors,
+            ``None`` allowed).
         path: Output PNG.
         title: Figure title.
 
@@ -196,15 +267,15 @@ def plot_qualitative(samples: Sequence[dict[str, Any]], path: str | Path, title:
     from PIL import Image
 
     plt = _pyplot()
-    columns = ("image", "ground truth", "host map", "final mask")
-    fig, axes = plt.subplots(len(samples), 4, figsize=(8, 2.1 * len(samples) + 0.4), squeeze=False)
+    columns = ("image", "ground truth", "host map", "host mask", "final mask")
+    fig, axes = plt.subplots(len(samples), 5, figsize=(10, 2.1 * len(samples) + 0.4), squeeze=False)
     for row, sample in enumerate(samples):
         size = tuple(sample["gt_mask"].shape[-2:])
         try:
             image = np.asarray(Image.open(sample["image_path"]).convert("RGB").resize(size[::-1]))
         except (OSError, ValueError):
             image = np.zeros((*size, 3), dtype=np.uint8)
-        panels = (image, sample["gt_mask"], sample.get("host_map"), sample.get("pred_mask"))
+        panels = (image, sample["gt_mask"], sample.get("host_map"), sample.get("host_mask"), sample.get("pred_mask"))
         for column, panel in enumerate(panels):
             axis = axes[row, column]
             axis.axis("off")
@@ -255,8 +326,9 @@ def write_results(
     if metadata:
         header += "".join(f"- {key}: `{value}`\n" for key, value in metadata.items() if not isinstance(value, dict))
         header += "\n"
-    files["md"].write_text(header + markdown_table(frame) + "\n")
     per_image = frame.attrs.get("per_image")
+    breakdown = breakdown_tables(per_image)
+    files["md"].write_text(header + markdown_table(frame) + ("\n\n" + breakdown if breakdown else "") + "\n")
     if per_image is not None and len(per_image):
         files["per_image"] = output_dir / "per_image.csv"
         per_image.to_csv(files["per_image"], index=False)
