@@ -3,7 +3,9 @@
 Usage:
     python benchmarks/run_benchmark.py --quick
     python benchmarks/run_benchmark.py --config benchmarks/configs/full.yaml [--output_dir DIR]
-    python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/{quick,full}.yaml
+    python benchmarks/run_benchmark.py --config realistic            # pretrained models on the realistic data
+    python benchmarks/run_benchmark.py --config realistic_refiners   # PaDiM/PatchCore alone, + F2PAD, + PAEDID
+    python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/<profile>.yaml
 
 Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png into the configuration's
 ``output_dir`` (``benchmarks/results/quick`` for the quick profile) and prints the Markdown table.
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from anomalib_pixelrefine.benchmark import FULL_PROFILE, QUICK_PROFILE, run_benchmark
+from anomalib_pixelrefine.benchmark import run_benchmark
+from anomalib_pixelrefine.benchmark.config import PROFILES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 HEADERS = {
@@ -35,11 +38,21 @@ HEADERS = {
 #   data: {class_path: MVTecAD, init_args: {root: ./datasets/MVTecAD, category: {grid: [bottle, carpet]}}}
 # (also Visa, BTech, MVTecLOCO, Folder). With accelerator: cuda, one job per GPU runs in parallel.
 """,
+    "realistic": """# Realistic profile: anomalib_pixelrefine.benchmark.config.REALISTIC_PROFILE (regenerate with
+# `python benchmarks/run_benchmark.py --write-configs`). Run: pixelrefine benchmark --config realistic
+# Pretrained tf_efficientnet_lite0/1 (offline: `pixelrefine weights`), every defect kind and size on every background,
+# thresholds calibrated on synthetic defects painted on held-back training images (calibration `synthetic`) and, for
+# PaDiM/PatchCore, on the test masks themselves (`same_as_test` -> `oracle_test`, an upper bound), real ELPV defects.
+""",
+    "realistic_refiners": """# Realistic refiner profile: anomalib_pixelrefine.benchmark.config.REALISTIC_REFINERS_PROFILE (regenerate with
+# `python benchmarks/run_benchmark.py --write-configs`). Run: pixelrefine benchmark --config realistic_refiners
+# PaDiM and PatchCore (pretrained tf_efficientnet_lite0) alone, with F2PAD and with PAEDID, same data as `realistic`.
+""",
 }
 
 
 def write_configs() -> None:
-    for name, profile in (("quick", QUICK_PROFILE), ("full", FULL_PROFILE)):
+    for name, profile in PROFILES.items():
         path = CONFIG_DIR / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(HEADERS[name] + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False))
@@ -48,7 +61,7 @@ def write_configs() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file or profile name (quick, full)")
+    parser.add_argument("--config", default=None, help=f"YAML file or profile name ({', '.join(PROFILES)})")
     parser.add_argument("--quick", action="store_true", help="quick profile (<= 15 min on 2 CPU cores)")
     parser.add_argument("--output_dir", default=None, help="override the output folder")
     parser.add_argument("--write-configs", action="store_true", help="regenerate benchmarks/configs/*.yaml")

@@ -4,7 +4,15 @@ Run it with ``pixelrefine benchmark --quick`` / ``pixelrefine benchmark --config
 from Python with :func:`run_benchmark`. See :mod:`anomalib_pixelrefine.benchmark.config` for the format.
 """
 
-from .config import FULL_PROFILE, QUICK_PROFILE, BenchmarkConfigError, expand_grid, load_config, validate_config
+from .config import (
+    FULL_PROFILE,
+    QUICK_PROFILE,
+    REALISTIC_PROFILE,
+    BenchmarkConfigError,
+    expand_grid,
+    load_config,
+    validate_config,
+)
 from .job import ComponentUnavailableError, PixelRefineBenchmarkJob, TestOutputCollector
 from .pipeline import (
     FreshProcessRunner,
@@ -18,6 +26,7 @@ from .report import markdown_table, plot_bars, plot_dice_vs_size, plot_qualitati
 __all__ = [
     "FULL_PROFILE",
     "QUICK_PROFILE",
+    "REALISTIC_PROFILE",
     "BenchmarkConfigError",
     "ComponentUnavailableError",
     "FreshProcessRunner",

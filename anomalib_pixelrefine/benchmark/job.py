@@ -207,6 +207,16 @@ def pretrained_label(init_args: dict[str, Any]) -> str:
     return str(bool(flags[0])).lower() if len(set(map(bool, flags))) == 1 else "mixed"
 
 
+def install_offline_weights(init_args: dict[str, Any]) -> None:
+    """Put the offline ImageNet weights of every pretrained EfficientNet-Lite backbone of a model into the hub cache."""
+    from anomalib_pixelrefine.weights import ensure_offline_weights
+
+    specs = [init_args, *(m for m in init_args.get("members") or [] if isinstance(m, dict))]
+    for spec in specs:
+        if spec.get("pre_trained", True) and isinstance(spec.get("backbone"), str):
+            ensure_offline_weights(spec["backbone"])
+
+
 def is_image_level(spec: str | dict[str, Any]) -> bool:
     """Whether a data specification is an image-level category of the embedded data (no masks)."""
     from anomalib_pixelrefine.data import IMAGE_LEVEL_CATEGORIES
@@ -554,6 +564,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         row["rss_start_mb"] = _status_mb("VmRSS") or math.nan
         seed_everything(self.seed, workers=True)
         model_spec = self._model_spec()
+        install_offline_weights(model_spec.get("init_args") or {})
         model_cls = resolve_model_class(model_spec["class_path"])
         post_processor = resolve_post_processor(self.job_config.get("post_processor"))
         datamodule = build_datamodule(self.job_config["data"], self.seed)
