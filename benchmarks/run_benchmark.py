@@ -44,7 +44,7 @@ HEADERS = {
 # thresholds calibrated on synthetic defects painted on held-back training images (calibration `synthetic`) and, for
 # PaDiM/PatchCore, on the test masks themselves (`same_as_test` -> `oracle_test`, an upper bound), real ELPV defects.
 """,
-    "realistic_refiners": """# Realistic refiner profile: REALISTIC_REFINERS_PROFILE of anomalib_pixelrefine.benchmark.config
+    "realistic_refiners": """# Realistic refiner profile: REALISTIC_REFINERS_PROFILE of ...benchmark.config
 # (regenerate with `python benchmarks/run_benchmark.py --write-configs`).
 # Run: pixelrefine benchmark --config realistic_refiners
 # PaDiM and PatchCore (pretrained tf_efficientnet_lite0) alone, with F2PAD and with PAEDID, same data as `realistic`.
