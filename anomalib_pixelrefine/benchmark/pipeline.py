@@ -73,7 +73,8 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
         class _BoundJob(PixelRefineBenchmarkJob):
             @staticmethod
             def save(result: Any) -> None:
-                PixelRefineBenchmarkJob.save(result)
+                if settings.get("print_table", True):
+                    PixelRefineBenchmarkJob.save(result)
                 from .report import write_results
 
                 metadata = settings.setdefault("metadata", {})
@@ -83,7 +84,8 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
                         metadata["cpu_time_s"] = round(float(result["cpu_s"].fillna(0).sum()), 1)
                     metadata["load_average_end"] = _load_average()
                 files = write_results(result, settings["output_dir"], metadata, settings["plots"])
-                print(f"Benchmark results written to {Path(settings['output_dir']).resolve()}: {sorted(files)}")
+                if settings.get("print_table", True):
+                    print(f"Benchmark results written to {Path(settings['output_dir']).resolve()}: {sorted(files)}")
 
         return _BoundJob
 
