@@ -3,6 +3,7 @@
 from .folder import (
     DEFAULT_CATEGORIES,
     DEFAULT_DEFECTS,
+    FolderNotOwnedError,
     InvalidDatasetError,
     build_default_benchmark,
     default_datamodule,
@@ -28,6 +29,7 @@ __all__ = [
     "CutPaste",
     "CutPasteScar",
     "DefectGenerator",
+    "FolderNotOwnedError",
     "HandDrawnDefect",
     "InvalidDatasetError",
     "MixedDefect",
