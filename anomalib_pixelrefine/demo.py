@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalib.engine import Engine
-from anomalib.metrics import AUPRO, AUROC, Evaluator
+from anomalib.metrics import Evaluator
 from anomalib.models import AnomalibModule
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,11 @@ def demo_spec(model: str) -> dict[str, Any] | None:
 
 
 def make_evaluator() -> Evaluator:
-    """Demo test metrics: image/pixel AUROC, AUPRO, Dice/IoU (at the threshold and the best one), sPRO."""
-    from anomalib_pixelrefine.metrics import SPRO, BestDice, BestIoU, Dice, IoU
+    """Demo test metrics: image/pixel AUROC, AUPRO, Dice/IoU (at the threshold and the best one), sPRO.
+
+    Undefined values (e.g. a test set without defects) are ``nan`` with a warning, not 0.0 or 1.0.
+    """
+    from anomalib_pixelrefine.metrics import AUPRO, AUROC, SPRO, BestDice, BestIoU, Dice, IoU
 
     return Evaluator(
         test_metrics=[

@@ -71,3 +71,30 @@ def test_truncated_png_is_named_by_the_validator(tmp_path: Path) -> None:
     with pytest.raises(InvalidDatasetError, match="truncated") as info:
         validate_mvtec_folder(path)
     assert f"Cannot read image {bad}" in _one_line(info.value)
+
+
+# ------------------------------------------------------------------------------------- 10. undefined metrics
+def test_good_only_test_set_reports_nan_metrics_with_a_reason(tmp_path: Path) -> None:
+    from anomalib.engine import Engine
+
+    from anomalib_pixelrefine.data import default_datamodule
+    from anomalib_pixelrefine.demo import build_demo_model, format_table
+    from anomalib_pixelrefine.metrics import UndefinedMetricWarning
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 32, 32, generator=generator)
+    path = write_mvtec_folder(tmp_path / "data", "plain", images[:4], images[4:], {})  # test/good only
+    datamodule = default_datamodule(path, train_batch_size=4, eval_batch_size=2)
+    model = build_demo_model("Padim", image_size=32)
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    engine.fit(model=model, datamodule=datamodule)
+    with pytest.warns(UndefinedMetricWarning) as records:
+        results = engine.test(model=model, datamodule=datamodule)[0]
+    undefined = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_SPRO", "pixel_Dice", "pixel_IoU", "pixel_BestDice")
+    for name in (*undefined, "pixel_BestIoU"):
+        assert results[name] != results[name], f"{name} = {results[name]} (expected NaN)"
+    messages = [str(record.message) for record in records if record.category is UndefinedMetricWarning]
+    assert any("image_AUROC is undefined" in m and "no anomalous sample" in m for m in messages)
+    assert any("pixel_Dice is undefined" in m and "no defect pixel" in m for m in messages)
+    assert all("\n" not in m for m in messages)
+    assert "| nan |" in format_table({"plain": {"pixel_Dice": results["pixel_Dice"]}})
