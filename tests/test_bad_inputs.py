@@ -259,3 +259,38 @@ def test_pni_same_seed_same_scores_after_fit(tmp_path: Path) -> None:
         engine.fit(model, datamodule=datamodule)
         scores.append(torch.cat([b.pred_score for b in engine.predict(model, datamodule=datamodule)]))
     torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ 9. peak memory
+_CHILD = "import os; print(os.environ.get('MALLOC_ARENA_MAX'), os.environ.get('MALLOC_MMAP_THRESHOLD_'))"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    import os
+
+    keep = {k: v for k, v in os.environ.items() if k not in {"MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"}}
+    keep.pop("PIXELREFINE_KEEP_MALLOC", None)
+    return keep | extra
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="glibc allocator settings")
+def test_pixelrefine_command_sets_the_allocator_for_itself_and_its_children() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import subprocess, sys\n"
+        "from anomalib_pixelrefine import cli\n"
+        "sys.argv = ['pixelrefine', 'fit', '--post_processor']  # fails fast, after the allocator set-up\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        f"print('child', subprocess.run([sys.executable, '-c', {_CHILD!r}], capture_output=True, text=True).stdout)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_clean_env(), check=True)
+    assert "child 2 1048576" in out.stdout
+    # The user's own setting wins, and nothing else is added.
+    script = f"from anomalib_pixelrefine.allocator import configure_allocator\nprint(configure_allocator())\n{_CHILD}"
+    env = _clean_env(MALLOC_ARENA_MAX="4")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "4", "None"]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_clean_env(), check=True)
+    assert out.stdout.split() == ["True", "2", "1048576"]  # mallopt accepted both settings in the running process
