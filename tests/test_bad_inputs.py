@@ -294,3 +294,20 @@ def test_pixelrefine_command_sets_the_allocator_for_itself_and_its_children() ->
     assert out.stdout.split() == ["False", "4", "None"]
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_clean_env(), check=True)
     assert out.stdout.split() == ["True", "2", "1048576"]  # mallopt accepted both settings in the running process
+
+
+def test_demo_command_refuses_a_user_folder_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    user_file = tmp_path / "brick" / "mine.png"
+    user_file.parent.mkdir()
+    user_file.write_bytes(b"user data")
+    script = "from anomalib_pixelrefine.cli import main; main()"
+    args = ["demo", "--root", str(tmp_path), "--categories", "[brick]", "--image_size", "32"]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=_clean_env())
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pixelrefine: error: Refusing to write into {tmp_path / 'brick'}")
+    assert "Traceback" not in out.stderr
+    assert user_file.read_bytes() == b"user data"
