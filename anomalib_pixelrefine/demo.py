@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from anomalib.metrics import AUPRO, AUROC, Evaluator
+from anomalib.metrics import Evaluator
 from anomalib.models import AnomalibModule
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,11 @@ def demo_spec(model: str) -> dict[str, Any] | None:
 
 
 def make_evaluator() -> Evaluator:
-    """Demo test metrics: image/pixel AUROC, AUPRO, Dice/IoU (at the threshold and the best one), sPRO."""
-    from anomalib_pixelrefine.metrics import SPRO, BestDice, BestIoU, Dice, IoU
+    """Demo test metrics: image/pixel AUROC, AUPRO, Dice/IoU (at the threshold and the best one), sPRO.
+
+    Undefined values (e.g. a test set without defects) are ``nan`` with a warning, not 0.0 or 1.0.
+    """
+    from anomalib_pixelrefine.metrics import AUPRO, AUROC, SPRO, BestDice, BestIoU, Dice, IoU
 
     return Evaluator(
         test_metrics=[
@@ -214,11 +217,21 @@ def run_demo(
         ``s_per_image``.
     """
     from anomalib_pixelrefine.benchmark import run_benchmark
-    from anomalib_pixelrefine.data import elpv_available
+    from anomalib_pixelrefine.data import build_default_benchmark, elpv_available
 
     if categories is None:
         use_elpv = elpv_available() if include_elpv is None else include_elpv
         categories = ["elpv" if use_elpv else "brick"]
+    data_args = {
+        "root": root,
+        "image_size": image_size,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_test_defect": n_test_defect,
+        "seed": seed,
+    }
+    # Built here (cached for the jobs) so that data errors, e.g. a user's folder under ``root``, reach the caller.
+    build_default_benchmark(categories=list(categories), **data_args)
     config = {
         "isolation": "none",
         "output_dir": results_dir,
@@ -232,15 +245,7 @@ def run_demo(
             "post_processor": {"grid": ["default", post_processor] if post_processor else ["default"]},
             "data": {
                 "class_path": "default",
-                "init_args": {
-                    "category": {"grid": list(categories)},
-                    "root": root,
-                    "image_size": image_size,
-                    "n_train": n_train,
-                    "n_test_good": n_test_good,
-                    "n_test_defect": n_test_defect,
-                    "seed": seed,
-                },
+                "init_args": {"category": {"grid": list(categories)}, **data_args},
             },
         },
     }

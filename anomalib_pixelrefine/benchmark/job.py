@@ -62,10 +62,11 @@ DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
 
 # Result column -> (metric class path, fields, prefix). ``best_dice``/``best_iou`` pick the threshold in hindsight on
 # the test masks (the oracle); the deployed-threshold columns are ``dice``/``iou`` (pooled) and the per-image ones.
+# Our AUROC/AUPRO: nan (not 0.0) when undefined.
 METRIC_COLUMNS: dict[str, tuple[str, list[str], str]] = {
-    "image_auroc": ("anomalib.metrics.AUROC", ["pred_score", "gt_label"], "image_"),
-    "pixel_auroc": ("anomalib.metrics.AUROC", ["anomaly_map", "gt_mask"], "pixel_"),
-    "aupro": ("anomalib.metrics.AUPRO", ["anomaly_map", "gt_mask"], "pixel_"),
+    "image_auroc": ("anomalib_pixelrefine.metrics.AUROC", ["pred_score", "gt_label"], "image_"),
+    "pixel_auroc": ("anomalib_pixelrefine.metrics.AUROC", ["anomaly_map", "gt_mask"], "pixel_"),
+    "aupro": ("anomalib_pixelrefine.metrics.AUPRO", ["anomaly_map", "gt_mask"], "pixel_"),
     "best_dice": ("anomalib_pixelrefine.metrics.BestDice", ["anomaly_map", "gt_mask"], "pixel_"),
     "best_iou": ("anomalib_pixelrefine.metrics.BestIoU", ["anomaly_map", "gt_mask"], "pixel_"),
     "dice": ("anomalib_pixelrefine.metrics.Dice", ["pred_mask", "gt_mask"], "pixel_"),

@@ -19,7 +19,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-import shutil
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_CATEGORIES",
     "DEFAULT_DEFECTS",
     "IMAGE_LEVEL_CATEGORIES",
+    "FolderNotOwnedError",
     "InvalidDatasetError",
     "build_default_benchmark",
     "default_datamodule",
@@ -137,6 +138,72 @@ def _write_images(folder: Path, images: Sequence[ImageLike], suffix: str = "", i
         Image.fromarray(_to_uint8(image, is_mask)).save(folder / f"{index:03d}{suffix}.png")
 
 
+# Ownership marker: the files this package wrote into a category folder. Only a folder holding it (or the manifest of
+# a build from before the marker existed) is ever rebuilt, and only the files listed in it are ever deleted.
+_MARKER = ".pixelrefine_files.json"
+_MARKER_TAG = "anomalib-pixelrefine"
+# Names this package writes in the MVTec layout (used to recognise folders built before the marker existed).
+_OWN_NAME = re.compile(r"^(train/good|test/[^/]+)/\d{3}\.png$|^ground_truth/[^/]+/\d{3}_mask\.png$")
+
+
+class FolderNotOwnedError(FileExistsError):
+    """The target folder exists and holds files this package did not write; nothing was deleted."""
+
+
+def _owned_files(path: Path) -> set[str] | None:
+    """Files (relative POSIX paths) this package wrote into ``path``; ``None`` if the folder is not ours."""
+    marker = path / _MARKER
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG and isinstance(data.get("files"), list):
+            return {str(name) for name in data["files"]} | {_MARKER, _MANIFEST}
+        return None
+    manifest = path / _MANIFEST
+    if manifest.is_file():  # a build from before the marker existed: our file names only
+        try:
+            data = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if isinstance(data, dict) and data.get("category") == path.name and "version" in data:
+            files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+            return {name for name in files if _OWN_NAME.match(name)} | {_MANIFEST}
+    return None
+
+
+def _clear_owned_folder(path: Path) -> None:
+    """Delete the files this package wrote into ``path`` (refusing if any other file is there), then empty folders.
+
+    Raises:
+        FolderNotOwnedError: If ``path`` is not ours or holds a file we did not write (nothing is deleted then).
+    """
+    present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    if not present and not any(path.iterdir()):
+        return  # an empty folder: nothing to lose
+    owned = _owned_files(path)
+    if owned is None:
+        msg = (
+            f"Refusing to write into {path}: the folder exists and was not created by anomalib-pixelrefine "
+            f"(no {_MARKER}); choose another root or remove it yourself."
+        )
+        raise FolderNotOwnedError(msg)
+    foreign = [name for name in present if name not in owned]
+    if foreign:
+        msg = (
+            f"Refusing to rebuild {path}: it holds {len(foreign)} file(s) anomalib-pixelrefine did not write, "
+            f"e.g. {path / foreign[0]}; move them away or choose another root."
+        )
+        raise FolderNotOwnedError(msg)
+    for name in present:
+        (path / name).unlink()
+    # Remove the then empty sub-folders, deepest first (rmdir never removes a non-empty folder).
+    for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def write_mvtec_folder(
     root: str | Path,
     category: str,
@@ -147,6 +214,11 @@ def write_mvtec_folder(
 ) -> Path:
     """Write one category in MVTec AD layout as PNG files.
 
+    Nothing this function did not write is ever deleted or overwritten: the files it writes are listed in the
+    folder's marker file ``.pixelrefine_files.json``. An existing category folder is rebuilt only if it holds that
+    marker (or the manifest of an earlier :func:`build_default_benchmark`) and no other file; then only the listed
+    files are deleted. Any other non-empty folder is refused.
+
     Args:
         root: Dataset root.
         category: Category folder name.
@@ -155,13 +227,15 @@ def write_mvtec_folder(
         test_good_images: Normal test images.
         defect_images: ``{defect_name: (images, masks)}``; masks ``(1, H, W)``/``(H, W)``, non-zero = defect;
             ``masks=None`` for image-level defects (no ``ground_truth`` folder is written).
-        overwrite: Remove an existing category folder first.
+        overwrite: Replace an existing category folder written by this package (``False``: refuse it too).
 
     Returns:
         The category folder ``root / category``.
 
     Raises:
         ValueError: If a split is empty, a defect is named ``good``, or images and masks do not match.
+        FolderNotOwnedError: (a ``FileExistsError``) If ``root / category`` exists, is not empty and was not written
+            by this package, holds files it did not write, or ``overwrite=False``. The message names the folder.
     """
     path = Path(root) / category
     if len(train_images) == 0:
@@ -180,8 +254,23 @@ def write_mvtec_folder(
             if _to_uint8(image).shape[:2] != _to_uint8(mask, is_mask=True).shape[:2]:
                 msg = f"Defect {name!r} of {path}, image {index}: image and mask sizes differ."
                 raise ValueError(msg)
-    if overwrite and path.exists():
-        shutil.rmtree(path)
+    if path.exists() and not path.is_dir():
+        msg = f"Refusing to write {path}: it exists and is not a folder."
+        raise FolderNotOwnedError(msg)
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            msg = f"Refusing to write into {path}: the folder exists and is not empty (overwrite=False)."
+            raise FolderNotOwnedError(msg)
+        _clear_owned_folder(path)
+    splits = {"train/good": (train_images, ""), "test/good": (test_good_images, "")}
+    for name, (images, masks) in defect_images.items():
+        splits[f"test/{name}"] = (images, "")
+        if masks is not None:
+            splits[f"ground_truth/{name}"] = (masks, "_mask")
+    # The marker lists every file before any is written, so an interrupted write can still be rebuilt.
+    files = [f"{split}/{i:03d}{suffix}.png" for split, (items, suffix) in splits.items() for i in range(len(items))]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / _MARKER).write_text(json.dumps({"written_by": _MARKER_TAG, "files": files}, indent=1))
     _write_images(path / "train" / "good", train_images)
     _write_images(path / "test" / "good", test_good_images)
     for name, (images, masks) in defect_images.items():
@@ -208,22 +297,38 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+# Files already decoded in this process, keyed by (path, size, mtime): a rebuilt or edited file is decoded again.
+_DECODED: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
 def _image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header; raises if the file is not a readable image."""
+    """``(width, height)`` of a fully decoded image; raises naming the file if it cannot be decoded (e.g. truncated).
+
+    Reading only the header would accept a truncated PNG that fails later, inside a data loader, without its name.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _DECODED:
+        return _DECODED[key]
     try:
         with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError) as error:
+            image.load()  # decodes every pixel: truncated or corrupt data raise here
+            size = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         msg = f"Cannot read image {path}: {error}"
         raise InvalidDatasetError(msg) from error
+    _DECODED[key] = size
+    return size
 
 
 def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[str, int]:
     """Check that ``path`` is a usable MVTec-style category folder.
 
     Checks: the folder, ``train/good`` and ``test`` exist; the training set is not empty; every split folder holds
-    only readable images; every ``test/<defect>`` has a ``ground_truth/<defect>`` folder with exactly one mask per
-    image (``<name>_mask.png`` or ``<name>.png``) of the same size; no mask lacks its image.
+    only images that decode completely (a truncated file is named here, not later inside a data loader; files already
+    decoded unchanged in this process are not decoded again); every ``test/<defect>`` has a ``ground_truth/<defect>``
+    folder with exactly one mask per image (``<name>_mask.png`` or ``<name>.png``) of the same size; no mask lacks
+    its image.
 
     Args:
         path: The category folder (e.g. ``datasets/pixelrefine/brick``).
@@ -529,7 +634,10 @@ def default_datamodule(
     from .synthetic_val import SyntheticValFolder, SyntheticValMVTecAD
 
     folder = Path(path) / category if category is not None else Path(path)
-    image_level = not (folder / "ground_truth").is_dir()
+    test = folder / "test"
+    defect_dirs = sorted(p.name for p in test.iterdir() if p.is_dir() and p.name != "good") if test.is_dir() else []
+    # Image-level: defect folders without any ground-truth folder (real defects with image labels only).
+    image_level = bool(defect_dirs) and not (folder / "ground_truth").is_dir()
     validate_mvtec_folder(folder, require_masks=not image_level)
     augmentations = None
     if image_size is not None:
@@ -546,7 +654,6 @@ def default_datamodule(
         "val_split_ratio": val_split_ratio,
     }
     if image_level:
-        defect_dirs = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good")
         return SyntheticValFolder(
             name=folder.name,
             root=folder,

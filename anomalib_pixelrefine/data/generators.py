@@ -422,6 +422,11 @@ class CutPasteScar(CutPaste):
         return rotated_rectangle_mask(height, width, center, (thickness, length), angle, device)
 
 
+# anomalib's Perlin generator draws noise scales up to 2**5 cells and pads each side to the next power of two: a side of
+# 16 px or less leaves cells of 0 px and fails deep inside anomalib. Smallest working side (found by experiment): 17.
+PERLIN_MIN_SIZE = 17
+
+
 class PerlinDefect(DefectGenerator):
     """DRAEM-style Perlin-noise defect, using anomalib's :class:`PerlinAnomalyGenerator`.
 
@@ -460,6 +465,12 @@ class PerlinDefect(DefectGenerator):
         generator: torch.Generator,
         source: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if min(image.shape[-2:]) < PERLIN_MIN_SIZE:
+            msg = (
+                f"PerlinDefect: image too small for anomalib's Perlin generator: {image.shape[-2]}x{image.shape[-1]} "
+                f"px, needs at least {PERLIN_MIN_SIZE} px per side."
+            )
+            raise ValueError(msg)
         channels = image.shape[0]
         rgb = image.expand(3, -1, -1) if channels == 1 else image[:3]
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())

@@ -8,7 +8,9 @@ Conventions:
     * A pixel is predicted anomalous when ``score >= threshold`` (the scikit-learn ``precision_recall_curve``
       convention). anomalib's post-processor uses ``score > threshold``; the two only differ on exact ties.
     * Empty vs empty: when prediction and target are both empty (no positive pixel anywhere), Dice and IoU are
-      defined as 1.0 (perfect agreement); scikit-learn's ``zero_division=1.0`` gives the same value.
+      defined as 1.0 (perfect agreement); scikit-learn's ``zero_division=1.0`` gives the same value. The anomalib
+      metric classes (:class:`~anomalib_pixelrefine.metrics.Dice`, ...) instead report a test set without any defect
+      pixel as ``nan`` with a warning: a set-level score is undefined there.
 """
 
 from __future__ import annotations

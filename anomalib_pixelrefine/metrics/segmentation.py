@@ -39,6 +39,7 @@ from .functional import (
     iou_from_counts,
     sweep_from_histogram,
 )
+from .undefined import undefined
 
 __all__ = ["BestDice", "BestIoU", "Dice", "IoU"]
 
@@ -77,20 +78,30 @@ class _CountMetric(Metric):
         self.fp += preds.sum() - tp
         self.fn += target.sum() - tp
 
+    def _no_defect(self) -> bool:
+        return int(self.tp + self.fn) == 0
+
+
+_NO_DEFECT = "the ground truth has no defect pixel (a test set of normal images only)"
+
 
 class _Dice(_CountMetric):
-    """Pooled Dice = 2TP / (2TP + FP + FN) over all updates; 1.0 if prediction and ground truth are both empty."""
+    """Pooled Dice = 2TP / (2TP + FP + FN) over all updates; ``nan`` (with a warning) if no ground-truth defect."""
 
     def compute(self) -> torch.Tensor:
         """Dice of the accumulated counts."""
+        if self._no_defect():
+            return undefined(self, _NO_DEFECT)
         return dice_from_counts(self.tp, self.fp, self.fn).float()
 
 
 class _IoU(_CountMetric):
-    """Pooled IoU = TP / (TP + FP + FN) over all updates; 1.0 if prediction and ground truth are both empty."""
+    """Pooled IoU = TP / (TP + FP + FN) over all updates; ``nan`` (with a warning) if no ground-truth defect."""
 
     def compute(self) -> torch.Tensor:
         """IoU of the accumulated counts."""
+        if self._no_defect():
+            return undefined(self, _NO_DEFECT)
         return iou_from_counts(self.tp, self.fp, self.fn).float()
 
 
@@ -170,10 +181,17 @@ class _BestThresholdMetric(Metric):
         self.neg_hist += neg.to(self.neg_hist.device)
 
     def compute(self) -> torch.Tensor:
-        """Best score over the bin-edge thresholds; sets ``best_threshold`` (predict ``score >= best_threshold``)."""
+        """Best score over the bin-edge thresholds; sets ``best_threshold`` (predict ``score >= best_threshold``).
+
+        ``nan`` (and a warning) if the ground truth has no defect pixel: every threshold above the maximum would then
+        score a meaningless 1.0.
+        """
         if torch.isnan(self.low):
             msg = f"{self.__class__.__name__}.compute() called before any update with a non-empty anomaly_map."
             raise RuntimeError(msg)
+        if int(self.pos_hist.sum()) == 0:
+            self.best_threshold = torch.tensor(float("nan"))
+            return undefined(self, _NO_DEFECT)
         low, width = float(self.low), float(self.width)
         thresholds, tp, fp = sweep_from_histogram(self.pos_hist.cpu(), self.neg_hist.cpu(), low, width)
         above_max = torch.tensor(float(self.low + self.num_bins * self.width))

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from torchmetrics import Metric
 
 from .functional import aspro_score, check_binary
+from .undefined import undefined
 
 __all__ = ["SPRO", "load_defects_config"]
 
@@ -198,7 +199,7 @@ class _SPRO(Metric):
             msg = "SPRO.compute() called before any update."
             raise RuntimeError(msg)
         if sum(r.shape[0] for r in self.regions) == 0:
-            return torch.tensor(float("nan"))
+            return undefined(self, "the ground truth has no defect region (a test set of normal images only)")
         maps = torch.cat(self.maps)
         return aspro_score(maps, self.regions, self.saturations, fpr_limit=self.fpr_limit)
 

@@ -16,7 +16,6 @@ The refiner is a Lightning callback (as anomalib's ``PostProcessor``), so it see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,6 +27,11 @@ from kornia.morphology import opening
 from lightning import LightningModule, Trainer
 from torch import nn
 from torchvision.transforms.v2 import Normalize
+
+from anomalib_pixelrefine.checks import check_finite, check_number, check_seed
+from anomalib_pixelrefine.seeding import seeded_module
+
+__all__ = ["EXPORT_MESSAGE", "RefiningPostProcessor", "seeded_module"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +54,6 @@ def _find_normalize(module: nn.Module | None) -> Normalize | None:
         if item is not None and hasattr(item, "transforms"):
             stack.extend(item.transforms)
     return None
-
-
-def seeded_module(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
-    """Build a module with seeded initial weights, leaving the global random stream untouched.
-
-    A refiner is constructed before or with its host; consuming the global stream here would change the weights of a
-    randomly initialised host built afterwards.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return factory()
 
 
 def _is_exporting() -> bool:
@@ -94,6 +87,12 @@ class RefiningPostProcessor(PostProcessor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        owner = type(self).__name__
+        check_number(owner, "initial_threshold", initial_threshold, optional=True)
+        check_number(owner, "mask_threshold", mask_threshold)
+        check_number(owner, "opening_size", opening_size, 0, integer=True)
+        check_number(owner, "max_train_images", max_train_images, 1, integer=True)
+        check_seed(owner, seed)
         self.enable_refinement = enable_refinement
         self.initial_threshold = initial_threshold
         self.mask_threshold = mask_threshold
@@ -301,7 +300,14 @@ class RefiningPostProcessor(PostProcessor):
         return host_maps > threshold.to(host_maps)
 
     def refine_batch(self, images: torch.Tensor, host_maps: torch.Tensor, host_model: nn.Module) -> torch.Tensor:
-        """Refine a batch: ``images`` in host input space, raw ``host_maps`` -> refined raw maps ``(B, 1, H, W)``."""
+        """Refine a batch: ``images`` in host input space, raw ``host_maps`` -> refined raw maps ``(B, 1, H, W)``.
+
+        Raises:
+            RuntimeError: If the prior was not fitted.
+            ValueError: If the images or the host maps hold NaN/inf (the refined maps would be NaN).
+        """
+        check_finite(type(self).__name__, "input image", images)
+        check_finite(type(self).__name__, "host anomaly map", host_maps)
         if not bool(self.prior_fitted):
             msg = (
                 f"{type(self).__name__} has no fitted prior: train the host with this post-processor attached "

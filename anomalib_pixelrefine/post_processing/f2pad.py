@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomalib_pixelrefine.checks import check_choice, check_number
 from anomalib_pixelrefine.models.image.pae import PaeModel
 
 from .base import RefiningPostProcessor, seeded_module
@@ -183,12 +184,21 @@ class F2PAD(RefiningPostProcessor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if init not in INIT_MODES:
-            msg = f"init must be one of {INIT_MODES}, got '{init}'"
-            raise ValueError(msg)
-        if n_components < 1 or ks < 0 or max_iters < 0 or check_every < 1:
-            msg = "n_components >= 1, ks >= 0, max_iters >= 0 and check_every >= 1 are required"
-            raise ValueError(msg)
+        owner = type(self).__name__
+        check_choice(owner, "init", init, INIT_MODES)
+        positive = {"log_eps": log_eps, "lr": lr, "gamma0": gamma0, "gamma_max": gamma_max, "sigma0": sigma0}
+        positive |= {"sigma1": sigma1, "clip": clip}
+        for name, value in positive.items():
+            check_number(owner, name, value, 0, low_open=True)
+        for name, value in {"alpha1": alpha1, "alpha2": alpha2, "beta0": beta0, "range_weight": range_weight}.items():
+            check_number(owner, name, value, 0)
+        check_number(owner, "tol", tol, 0)
+        integers = {"n_components": (n_components, 1), "ks": (ks, 0), "max_iters": (max_iters, 0)}
+        integers |= {"check_every": (check_every, 1), "roi_dilation": (roi_dilation, 0), "context": (context, 0)}
+        integers |= {"num_candidates": (num_candidates, 1), "reestimate_iters": (reestimate_iters, 0)}
+        integers |= {"pae_epochs": (pae_epochs, 0)}
+        for name, (value, low) in integers.items():
+            check_number(owner, name, value, low, integer=True)
         self.alpha1, self.alpha2, self.beta0 = alpha1, alpha2, beta0
         self.n_components, self.log_eps = n_components, log_eps
         self.lr, self.gamma0, self.gamma_max, self.adaptive_step = lr, gamma0, gamma_max, adaptive_step

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomalib_pixelrefine.checks import check_number, check_widths
 from anomalib_pixelrefine.models.image.pae import PaeModel, decompose, sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pae.loss import PaeLoss
 
@@ -98,6 +99,17 @@ class PaedidRefiner(RefiningPostProcessor):
     ) -> None:
         kwargs.setdefault("mask_threshold", 0.1)
         super().__init__(**kwargs)
+        owner = type(self).__name__
+        check_widths(owner, "channels", channels)
+        for name, value, low in (("aggregation_length", aggregation_length, 1), ("num_neighbors", num_neighbors, 1)):
+            check_number(owner, name, value, low, integer=True)
+        check_number(owner, "pae_epochs", pae_epochs, 0, integer=True)
+        check_number(owner, "steps", steps, 0, integer=True)
+        check_number(owner, "alpha", alpha, 0, 1)
+        for name, value in (("pae_lr", pae_lr), ("lr", lr)):
+            check_number(owner, name, value, 0, low_open=True)
+        for name, value in (("lam", lam), ("lam_ssim", lam_ssim)):
+            check_number(owner, name, value, 0)
         self.channels = [int(c) for c in channels]
         self.aggregation_length = aggregation_length
         self.num_neighbors = num_neighbors

@@ -35,6 +35,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
+from anomalib_pixelrefine.checks import FiniteInputMixin, check_number
+
 from .torch_model import FeatureEnsembleModel
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
-class FeatureEnsemble(AnomalibModule):
+class FeatureEnsemble(FiniteInputMixin, AnomalibModule):
     """Feature-level ensemble anomaly model (PCA transformation block + SimpleNet discriminator).
 
     Args:
@@ -108,9 +110,13 @@ class FeatureEnsemble(AnomalibModule):
             visualizer=visualizer,
         )
         members = list(DEFAULT_MEMBERS if members is None else members)
-        if steps_per_batch < 1:
-            msg = f"steps_per_batch must be >= 1, got {steps_per_batch}"
-            raise ValueError(msg)
+        owner = "FeatureEnsemble"
+        for name, value in (("patch_size", patch_size), ("hidden", hidden), ("steps_per_batch", steps_per_batch)):
+            check_number(owner, name, value, 1, integer=True)
+        for name, value in (("noise_std", noise_std), ("lr", lr), ("adaptor_lr", adaptor_lr)):
+            check_number(owner, name, value, 0, low_open=True)
+        for name, value in (("margin", margin), ("sigma", sigma), ("weight_decay", weight_decay)):
+            check_number(owner, name, value, 0)
         if any(isinstance(m, nn.Module) for m in members):
             # Live modules are not checkpoint-safe hyper-parameters: keep a placeholder naming the class.
             self.hparams["members"] = [{"module": type(m).__name__} if isinstance(m, nn.Module) else m for m in members]

@@ -29,13 +29,34 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
+from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_number, check_seed, check_widths
+from anomalib_pixelrefine.seeding import seeded_module
+
 from .loss import PaeLoss, critic_loss, generator_adversarial_loss
 from .torch_model import PaeModel
 
 logger = logging.getLogger(__name__)
 
 
-class Pae(AnomalibModule):
+def _check_arguments(args: dict[str, Any]) -> None:
+    """One-line ``ValueError`` naming the first invalid argument of :class:`Pae` (see its docstring for ranges)."""
+    check_widths("Pae", "channels", args["channels"])
+    check_number("Pae", "latent_channels", args["latent_channels"], 1, integer=True, optional=True)
+    check_choice("Pae", "ae_type", args["ae_type"], ("cae", "vae", "aae"))
+    check_choice("Pae", "reconstruction_loss", args["reconstruction_loss"], ("mse", "ssim"))
+    for name in ("learning_rate", "critic_learning_rate", "critic_clip", "decomposition_lr"):
+        check_number("Pae", name, args[name], 0, low_open=True)
+    for name in ("kl_weight", "adversarial_weight", "lam", "lam_ssim"):
+        check_number("Pae", name, args[name], 0)
+    for name in ("aggregation_length", "num_neighbors"):
+        check_number("Pae", name, args[name], 1, integer=True)
+    check_number("Pae", "decomposition_steps", args["decomposition_steps"], 0, integer=True)
+    check_number("Pae", "alpha", args["alpha"], 0, 1)
+    check_number("Pae", "coreset_sampling_ratio", args["coreset_sampling_ratio"], 0, 1, low_open=True, optional=True)
+    check_seed("Pae", args["seed"])
+
+
+class Pae(FiniteInputMixin, AnomalibModule):
     """PAEDID: patch autoencoder + latent memory bank + deep image decomposition (one-class).
 
     Args:
@@ -60,7 +81,8 @@ class Pae(AnomalibModule):
         decomposition_lr: Adam learning rate of the decomposition.
         noisy: Use the noisy decomposition (appendix B).
         lam_ssim: SSIM weight of the noisy decomposition.
-        seed: Seed of the coreset projection.
+        seed: Seed of the initial weights and the coreset projection (same seed, same model, whatever the global
+            random state).
         pre_processor: Pre-processor or flag (default: resize only, no normalisation).
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag.
@@ -101,21 +123,25 @@ class Pae(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = PaeModel(
-            in_channels=3,
-            channels=channels,
-            latent_channels=latent_channels,
-            ae_type=ae_type,
-            aggregation_length=aggregation_length,
-            num_neighbors=num_neighbors,
-            alpha=alpha,
-            aligned=aligned,
-            decompose=decompose,
-            lam=lam,
-            decomposition_steps=decomposition_steps,
-            decomposition_lr=decomposition_lr,
-            noisy=noisy,
-            lam_ssim=lam_ssim,
+        _check_arguments(locals())
+        self.model = seeded_module(
+            seed,
+            lambda: PaeModel(
+                in_channels=3,
+                channels=channels,
+                latent_channels=latent_channels,
+                ae_type=ae_type,
+                aggregation_length=aggregation_length,
+                num_neighbors=num_neighbors,
+                alpha=alpha,
+                aligned=aligned,
+                decompose=decompose,
+                lam=lam,
+                decomposition_steps=decomposition_steps,
+                decomposition_lr=decomposition_lr,
+                noisy=noisy,
+                lam_ssim=lam_ssim,
+            ),
         )
         if coreset_sampling_ratio is not None and not 0.0 < coreset_sampling_ratio <= 1.0:
             msg = f"coreset_sampling_ratio must be in (0, 1] or None, got {coreset_sampling_ratio}"

@@ -40,7 +40,10 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
+from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_number, check_seed, check_widths
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
+from anomalib_pixelrefine.data.generators import PERLIN_MIN_SIZE
+from anomalib_pixelrefine.seeding import seeded_module
 
 from .loss import refinement_loss
 from .torch_model import PniModel
@@ -50,7 +53,72 @@ logger = logging.getLogger(__name__)
 _SCORE_CHUNK = 16  # training images scored at once during calibration
 
 
-class Pni(AnomalibModule):
+def _check_arguments(args: dict[str, Any]) -> None:
+    """One-line ``ValueError`` naming the first invalid argument of :class:`Pni` (see its docstring for ranges)."""
+    for name in ("coreset_ratio", "mlp_gamma"):
+        check_number("Pni", name, args[name], 0, 1, low_open=True)
+    for name in ("distribution_size", "window", "mlp_layers", "mlp_width", "mlp_step_size"):
+        check_number("Pni", name, args[name], 1, integer=True)
+    check_number("Pni", "mlp_channels", args["mlp_channels"], 1, integer=True, optional=True)
+    for name in ("mlp_epochs", "refine_epochs", "border"):
+        check_number("Pni", name, args[name], 0, integer=True)
+    check_number("Pni", "mlp_batch_size", args["mlp_batch_size"], 2, integer=True)
+    check_number("Pni", "mlp_dropout", args["mlp_dropout"], 0, 1, high_open=True)
+    for name in ("mlp_lr", "refine_lr", "temperature"):
+        check_number("Pni", name, args[name], 0, low_open=True)
+    check_number("Pni", "refine_weight", args["refine_weight"], 0, 1)
+    check_number("Pni", "sigma", args["sigma"], 0)
+    check_widths("Pni", "refine_channels", args["refine_channels"])
+    check_choice("Pni", "combine", args["combine"], ("probability", "score"))
+    check_seed("Pni", args["seed"])
+
+
+def min_image_size(refine: bool, sigma: float) -> int:
+    """Smallest image side Pni can train on (measured: 17 px with the default ``sigma=4``, also 17 px for ``refine``).
+
+    Two limits: the refinement's synthetic Perlin defects (anomalib's generator, see
+    :data:`~anomalib_pixelrefine.data.generators.PERLIN_MIN_SIZE`) and the Gaussian smoothing of the coarse map
+    (anomalib's ``AnomalyMapGenerator``: reflect padding of ``int(4 sigma + 0.5)`` px must be smaller than the side).
+    """
+    smoothing = int(4.0 * sigma + 0.5) + 1 if sigma > 0 else 1
+    return max(smoothing, PERLIN_MIN_SIZE if refine else 1)
+
+
+def check_image_size(size: Sequence[int], refine: bool, sigma: float) -> None:
+    """Refuse images Pni cannot train on with one line, instead of a failure deep inside anomalib.
+
+    Args:
+        size: ``(height, width)`` of the model input.
+        refine: Whether the refinement network is trained (it needs the synthetic Perlin defects).
+        sigma: Gaussian smoothing of the coarse map.
+
+    Raises:
+        ValueError: If a side is below :func:`min_image_size`.
+    """
+    minimum = min_image_size(refine, sigma)
+    if min(size) < minimum:
+        reasons = ["the coarse map's Gaussian smoothing (sigma)"] + (["the refinement's Perlin defects"] * refine)
+        msg = (
+            f"Pni: image too small for {' and '.join(reasons)}: {size[0]}x{size[1]} px, needs at least {minimum} px "
+            "per side (resize the images: Pni.configure_pre_processor(image_size=...))."
+        )
+        raise ValueError(msg)
+
+
+def _resize_size(pre_processor: Any) -> tuple[int, int] | None:
+    """The fixed output size of a pre-processor's ``Resize`` (``None`` if there is none or it is not fixed)."""
+    stack: list[Any] = [getattr(pre_processor, "transform", None)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Resize) and item.size is not None:
+            size = list(item.size)
+            return (size[0], size[-1]) if item.max_size is None and len(size) in {1, 2} else None
+        if item is not None and hasattr(item, "transforms"):
+            stack.extend(item.transforms)
+    return None
+
+
+class Pni(FiniteInputMixin, AnomalibModule):
     """PNI (position and neighbourhood information + pixelwise refinement), one-class.
 
     Args:
@@ -85,7 +153,8 @@ class Pni(AnomalibModule):
         refine_lr: Adam learning rate of the refinement network (paper: 1e-4 with a pretrained DenseNet161; the small
             network here is trained from scratch, so the default is larger).
         sigma: Gaussian smoothing of the coarse map.
-        seed: Seed of the coreset, the MLP sampling and the synthetic defects.
+        seed: Seed of the initial weights (random backbones with ``pre_trained=False`` included), the coreset, the
+            MLP sampling and the synthetic defects: same seed, same model, whatever the global random state.
         pre_processor: Pre-processor or flag (default: resize only, the model normalises itself).
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag.
@@ -134,6 +203,7 @@ class Pni(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        _check_arguments(locals())
         names = [backbone] if backbones is None else list(backbones)
         if weights_path is not None and len(names) > 1:
             msg = "weights_path is only supported with a single backbone."
@@ -152,29 +222,35 @@ class Pni(AnomalibModule):
             msg = f"mlp_batch_size must be >= 2 (BatchNorm), got {mlp_batch_size}."
             raise ValueError(msg)
         self.save_hyperparameters(ignore=["pre_processor", "post_processor", "evaluator", "visualizer"])
-        self.model = PniModel(
-            backbones=names,
-            refine=refine,
-            refine_weight=refine_weight,
-            refine_channels=refine_channels,
-            sigma=sigma,
-            layers=layers,
-            pre_trained=pre_trained,
-            weights_path=weights_path,
-            coreset_ratio=coreset_ratio,
-            distribution_size=distribution_size,
-            window=window,
-            mlp_layers=mlp_layers,
-            mlp_width=mlp_width,
-            mlp_dropout=mlp_dropout,
-            mlp_channels=mlp_channels,
-            temperature=temperature,
-            use_neighbourhood=use_neighbourhood,
-            use_position=use_position,
-            border=border,
-            combine=combine,
-            seed=seed,
+        self.model = seeded_module(
+            seed,
+            lambda: PniModel(
+                backbones=names,
+                refine=refine,
+                refine_weight=refine_weight,
+                refine_channels=refine_channels,
+                sigma=sigma,
+                layers=layers,
+                pre_trained=pre_trained,
+                weights_path=weights_path,
+                coreset_ratio=coreset_ratio,
+                distribution_size=distribution_size,
+                window=window,
+                mlp_layers=mlp_layers,
+                mlp_width=mlp_width,
+                mlp_dropout=mlp_dropout,
+                mlp_channels=mlp_channels,
+                temperature=temperature,
+                use_neighbourhood=use_neighbourhood,
+                use_position=use_position,
+                border=border,
+                combine=combine,
+                seed=seed,
+            ),
         )
+        size = _resize_size(self.pre_processor)
+        if size is not None:
+            check_image_size(size, refine, sigma)
         self.mlp_epochs = int(mlp_epochs) if use_neighbourhood else 0
         self.refine_epochs = int(refine_epochs) if refine else 0
         self.mlp_batch_size = int(mlp_batch_size)
@@ -183,6 +259,7 @@ class Pni(AnomalibModule):
         self.mlp_gamma = float(mlp_gamma)
         self.refine_lr = float(refine_lr)
         self.seed = int(seed)
+        self.sigma = float(sigma)
         self.automatic_optimization = False
         self.defect_generators = [
             CutPaste(mode="mixed", seed=seed),
@@ -266,6 +343,8 @@ class Pni(AnomalibModule):
         del args, kwargs
         phase = self._phase()
         if phase == "collect":
+            if self._filled == 0:  # first batch: fail before any work if the refinement cannot run
+                check_image_size(tuple(batch.image.shape[-2:]), self.refine_epochs > 0, self.sigma)
             self._collect(batch.image)
             return None
         if phase == "mlp":
