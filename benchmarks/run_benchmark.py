@@ -66,11 +66,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick profile (<= 15 min on 2 CPU cores)")
     parser.add_argument("--output_dir", default=None, help="override the output folder")
     parser.add_argument("--write-configs", action="store_true", help="regenerate benchmarks/configs/*.yaml")
+    parser.add_argument("--resume", action="store_true", help="skip the jobs of <output_dir>/rows.partial.jsonl")
     args = parser.parse_args()
     if args.write_configs:
         write_configs()
         return
-    run_benchmark(args.config, quick=args.quick, output_dir=args.output_dir)
+    config = args.config
+    if args.resume:
+        from anomalib_pixelrefine.benchmark import load_config
+
+        config = {**load_config(config, quick=args.quick), "resume": True}
+    run_benchmark(config, quick=args.quick and not args.resume, output_dir=args.output_dir)
 
 
 if __name__ == "__main__":

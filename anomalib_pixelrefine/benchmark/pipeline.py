@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -138,25 +139,67 @@ class FreshProcessRunner(ParallelRunner):
     """
 
     def run(self, args: dict, prev_stage_results: PREV_STAGE_RESULT = None) -> GATHERED_RESULTS:
-        """Run the jobs, collect and save their results."""
+        """Run the jobs, collect and save their results.
+
+        Every finished row is appended to ``<output_dir>/rows.partial.jsonl`` at once, so a run that is stopped keeps
+        what it measured; with ``resume: true`` the jobs already there (status ``ok``) are not run again. A worker
+        that dies (killed, out of memory) loses its own job only: the pool is rebuilt for the next ones.
+        """
         self.processes = dict.fromkeys(range(self.n_jobs))
         self.results = []
+        settings = getattr(self.generator, "settings", {})
+        self._partial = Path(settings["output_dir"]) / "rows.partial.jsonl" if settings.get("output_dir") else None
+        done = self._resumed_rows() if settings.get("resume") else {}
+        self.results.extend(done.values())
         kwargs: dict[str, Any] = {"max_workers": self.n_jobs, "mp_context": multiprocessing.get_context("spawn")}
         if sys.version_info >= (3, 11):
             kwargs["max_tasks_per_child"] = 1
-        with ProcessPoolExecutor(**kwargs) as executor:
+        executor = ProcessPoolExecutor(**kwargs)
+        try:
             for job in self.generator(args, prev_stage_results):
+                if job.job_id in done:
+                    logger.info("Resumed from %s: %s", self._partial, job.job_id)
+                    continue
                 while None not in self.processes.values():
                     self._await_cleanup_processes()
                     time.sleep(0.05)
                 index = next(i for i, process in self.processes.items() if process is None)
-                self.processes[index] = executor.submit(job.run, task_id=index)
+                try:
+                    self.processes[index] = executor.submit(job.run, task_id=index)
+                except BrokenProcessPool:  # a worker died: the pool cannot be used any more
+                    self._await_cleanup_processes(blocking=True)
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    executor = ProcessPoolExecutor(**kwargs)
+                    self.processes[index] = executor.submit(job.run, task_id=index)
             self._await_cleanup_processes(blocking=True)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
         if self.failures:  # jobs catch their own errors, so this is a crashed worker (e.g. killed for memory)
             logger.error("At least one benchmark worker process died; its job is missing from the results.")
         gathered = self.generator.job_class.collect(self.results)
         self.generator.job_class.save(gathered)
         return gathered
+
+    def _await_cleanup_processes(self, blocking: bool = False) -> None:
+        """Wait for finished workers (anomalib's), then append their rows to the partial results file."""
+        count = len(self.results)
+        super()._await_cleanup_processes(blocking=blocking)
+        if self._partial is not None and len(self.results) > count:
+            import json
+
+            self._partial.parent.mkdir(parents=True, exist_ok=True)
+            with self._partial.open("a") as handle:
+                for row in self.results[count:]:
+                    handle.write(json.dumps(row, default=str) + "\n")
+
+    def _resumed_rows(self) -> dict[str, dict[str, Any]]:
+        """Rows with status ``ok`` of an earlier, unfinished run of the same output folder."""
+        import json
+
+        if self._partial is None or not self._partial.is_file():
+            return {}
+        rows = [json.loads(line) for line in self._partial.read_text().splitlines() if line.strip()]
+        return {row["job_id"]: row for row in rows if row.get("status") == "ok"}
 
 
 class PixelRefineBenchmark(Benchmark):
