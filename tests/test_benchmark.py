@@ -262,3 +262,11 @@ def test_fresh_process_isolation_runs_each_job_in_its_own_process(tiny_mvtec_roo
     assert list(frame["status"]) == ["ok", "ok"]
     assert frame["pid"].nunique() == 2
     assert (frame["peak_rss_mb"] >= frame["rss_start_mb"]).all()
+    # Every finished row is kept at once; an interrupted run resumes without re-running them.
+    partial = tmp_path / "out" / "rows.partial.jsonl"
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert sorted(row["job_id"] for row in rows) == sorted(frame["job_id"])
+    partial.write_text(json.dumps(rows[0]) + "\n")  # as if the run had stopped after the first job
+    resumed = run_benchmark({**config, "resume": True}).set_index("job_id")
+    assert resumed.loc[rows[0]["job_id"], "pid"] == rows[0]["pid"]  # kept, not run again
+    assert resumed.loc[rows[1]["job_id"], "pid"] not in {row["pid"] for row in rows}  # run again
