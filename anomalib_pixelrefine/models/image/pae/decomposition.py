@@ -14,9 +14,14 @@ one vectorised Adam loop for the whole batch.
 
 :func:`decompose` runs a fixed number of Adam steps with the objective's gradient in closed form
 (:func:`decomposition_gradient`: the SSIM gradient through the Gaussian moments and the adjoint of the reflect-padded
-blur) instead of autograd. It is the same optimisation as ``torch.optim.Adam`` on :func:`decomposition_objective`
-(checked against autograd in the tests), but a plain feed-forward graph: it runs under ``torch.inference_mode``
-and ``torch.no_grad``, and exports to ONNX/OpenVINO (the steps are unrolled in the graph).
+blur, both as matrix products) instead of autograd. It is the same optimisation as ``torch.optim.Adam`` on
+:func:`decomposition_objective` (checked against autograd in the tests), but a plain feed-forward graph: it runs under
+``torch.inference_mode`` and ``torch.no_grad``, and exports to ONNX/OpenVINO (the steps are unrolled in the graph;
+each step adds about 7 s to an ONNX export on one CPU core).
+
+Rounding: the first Adam step ``lr g / (|g| + 1e-8)`` is steep where the SSIM gradient is below float32 resolution
+(``|g| <~ 1e-8``), so two float32 implementations (torch and onnxruntime/OpenVINO, or two BLAS libraries) can move
+those few pixels differently (measured: <= 7e-4 on the anomaly map, image scores <= 2e-6).
 """
 
 import torch
@@ -83,45 +88,37 @@ def decomposition_objective(
     return fit + lam * sparse.abs().flatten(1).mean(1) + lam_ssim * ssim_distance(low_rank, prior, window_size)
 
 
-def _reflect_pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Reflect padding along ``dim`` by slicing (exports to plain Slice/Concat in every ONNX opset)."""
-    size = x.shape[dim]
-    before = x.narrow(dim, 1, radius).flip(dim)
-    after = x.narrow(dim, size - 1 - radius, radius).flip(dim)
-    return torch.cat([before, x, after], dim=dim)
+def _blur_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """``(size, size)`` matrix of a 1-D ``same`` convolution with reflect padding (kornia's border handling).
 
-
-def _fold_reflect(grad: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Adjoint of :func:`_reflect_pad`: add the gradients of the reflected border back onto their source pixels."""
-    size = grad.shape[dim] - 2 * radius
-    inner = grad.narrow(dim, radius, size)
-    before = grad.narrow(dim, 0, radius).flip(dim)  # -> pixels 1 .. radius
-    after = grad.narrow(dim, radius + size, radius).flip(dim)  # -> pixels size - 1 - radius .. size - 2
-    zeros_shape = list(inner.shape)
-    zeros_shape[dim] = 1
-    one = inner.new_zeros(zeros_shape)
-    zeros_shape[dim] = size - 1 - radius
-    rest = inner.new_zeros(zeros_shape)
-    return inner + torch.cat([one, before, rest], dim=dim) + torch.cat([rest, after, one], dim=dim)
+    Row ``i`` holds the kernel weights of the (reflected) source pixels of output pixel ``i``. Built from comparisons
+    only, so it also exports with a symbolic ``size``.
+    """
+    radius = kernel.shape[0] // 2
+    positions = torch.arange(size, device=kernel.device)
+    source = (positions.unsqueeze(1) + torch.arange(kernel.shape[0], device=kernel.device) - radius).abs()
+    source = torch.where(source > size - 1, 2 * (size - 1) - source, source)  # (size, k) reflected sources
+    one_hot = (source.unsqueeze(-1) == positions).to(kernel.dtype)  # (size, k, size)
+    return (one_hot * kernel.view(1, -1, 1)).sum(1)
 
 
 class _GaussianBlur:
-    """kornia's SSIM blur (separable Gaussian, reflect padding, ``same`` size) and its adjoint."""
+    """kornia's SSIM blur (separable Gaussian, reflect padding, ``same`` size) as ``M_H x M_Wᵀ``, and its adjoint.
 
-    def __init__(self, window_size: int, channels: int, reference: torch.Tensor) -> None:
+    Two matrix products per blur and per adjoint keep the unrolled (exported) decomposition graph small.
+    """
+
+    def __init__(self, window_size: int, height: int, width: int, reference: torch.Tensor) -> None:
         kernel = get_gaussian_kernel1d(window_size, _SSIM_SIGMA, device=reference.device, dtype=reference.dtype)
-        self.radius = window_size // 2
-        self.channels = channels
-        self.weight_x = kernel.reshape(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-        self.weight_y = kernel.reshape(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+        kernel = kernel.reshape(-1)
+        self.rows = _blur_matrix(kernel, height)
+        self.cols_t = _blur_matrix(kernel, width).T
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(_reflect_pad(x, self.radius, 3), self.weight_x, groups=self.channels)
-        return F.conv2d(_reflect_pad(out, self.radius, 2), self.weight_y, groups=self.channels)
+        return self.rows @ x @ self.cols_t
 
     def adjoint(self, g: torch.Tensor) -> torch.Tensor:
-        g = _fold_reflect(F.conv_transpose2d(g, self.weight_y, groups=self.channels), self.radius, 2)
-        return _fold_reflect(F.conv_transpose2d(g, self.weight_x, groups=self.channels), self.radius, 3)
+        return self.rows.T @ g @ self.cols_t.T
 
 
 def decomposition_gradient(
@@ -157,9 +154,9 @@ def decomposition_gradient(
         Gradient of the shape of ``low_rank``.
     """
     count = low_rank[0].numel()
-    blur = blur or _GaussianBlur(window_size, low_rank.shape[1], low_rank)
-    mu_y, e_yy = prior_moments if prior_moments is not None else (blur(prior), blur(prior * prior))
-    mu_x, e_xx, e_xy = blur(low_rank), blur(low_rank * low_rank), blur(low_rank * prior)
+    blur = blur or _GaussianBlur(window_size, low_rank.shape[-2], low_rank.shape[-1], low_rank)
+    mu_y, e_yy = prior_moments if prior_moments is not None else blur(torch.stack([prior, prior * prior])).unbind(0)
+    mu_x, e_xx, e_xy = blur(torch.stack([low_rank, low_rank * low_rank, low_rank * prior])).unbind(0)
     mu_xy = mu_x * mu_y
     a1 = 2.0 * mu_xy + _SSIM_C1
     a2 = 2.0 * (e_xy - mu_xy) + _SSIM_C2
@@ -172,7 +169,8 @@ def decomposition_gradient(
     d_mu = weight * (2.0 * mu_y * (a2 - a1) - 2.0 * mu_x * ssim_map * (b2 - b1)) / den
     d_xx = weight * (-ssim_map * b1 / den)
     d_xy = weight * (2.0 * a1 / den)
-    grad = blur.adjoint(d_mu) + 2.0 * low_rank * blur.adjoint(d_xx) + prior * blur.adjoint(d_xy)
+    g_mu, g_xx, g_xy = blur.adjoint(torch.stack([d_mu, d_xx, d_xy])).unbind(0)
+    grad = g_mu + 2.0 * low_rank * g_xx + prior * g_xy
     residual = image - low_rank
     if noisy:
         threshold = lam / 2.0
@@ -232,8 +230,8 @@ def decompose(
         raise ValueError(msg)
 
     image, prior = image.float(), prior.float()
-    blur = _GaussianBlur(window_size, image.shape[1], image)
-    prior_moments = (blur(prior), blur(prior * prior))
+    blur = _GaussianBlur(window_size, image.shape[-2], image.shape[-1], image)
+    prior_moments = blur(torch.stack([prior, prior * prior])).unbind(0)
     low_rank = image if init == "image" else prior
     beta1, beta2 = _ADAM_BETAS
     exp_avg = torch.zeros_like(low_rank)
@@ -244,9 +242,11 @@ def decompose(
         )
         exp_avg = exp_avg + (grad - exp_avg) * (1.0 - beta1)
         exp_avg_sq = exp_avg_sq * beta2 + grad * grad * (1.0 - beta2)
+        # torch.optim.Adam's m̂ / (sqrt(v̂) + ε), scaled by 1 / ε: the ONNX optimiser drops an added constant as small
+        # as ε (it compares constants with zero at 1e-8), which would change the step of near-zero gradients.
         step_size = lr / (1.0 - beta1**step)
-        denominator = exp_avg_sq.sqrt() / (1.0 - beta2**step) ** 0.5 + _ADAM_EPS
-        low_rank = low_rank - step_size * exp_avg / denominator
+        denominator = exp_avg_sq.sqrt() * (1.0 / (_ADAM_EPS * (1.0 - beta2**step) ** 0.5)) + 1.0
+        low_rank = low_rank - step_size * (exp_avg * (1.0 / _ADAM_EPS)) / denominator
     residual = image - low_rank
     sparse = soft_threshold(residual, lam / 2.0) if noisy else residual
     return low_rank, sparse
