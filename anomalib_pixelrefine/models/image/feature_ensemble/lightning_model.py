@@ -11,7 +11,7 @@ Training (one-class, normal images only):
 
 Example:
     >>> from anomalib.engine import Engine
-    >>> from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsemble
+from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsemble
     >>> model = FeatureEnsemble(members=[
     ...     {"backbone": "resnet18", "layers": ["layer2", "layer3"]},
     ...     {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"]},
@@ -35,6 +35,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
+from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+
 from .torch_model import FeatureEnsembleModel
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
-class FeatureEnsemble(AnomalibModule):
+class FeatureEnsemble(CheckpointClassMixin, AnomalibModule):
     """Feature-level ensemble anomaly model (PCA transformation block + SimpleNet discriminator).
 
     Args:

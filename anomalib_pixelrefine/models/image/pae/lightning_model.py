@@ -8,7 +8,7 @@ with the final model and the bank is in the last checkpoint). Earlier validation
 Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
-    >>> from anomalib_pixelrefine.models.image.pae import Pae
+from anomalib_pixelrefine.models.image.pae import Pae
     >>> model = Pae(pre_processor=Pae.configure_pre_processor(image_size=(128, 128)))
     >>> engine = Engine(max_epochs=20)
     >>> engine.fit(model, datamodule=MVTecAD(category="carpet"))  # doctest: +SKIP
@@ -29,13 +29,15 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
+from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+
 from .loss import PaeLoss, critic_loss, generator_adversarial_loss
 from .torch_model import PaeModel
 
 logger = logging.getLogger(__name__)
 
 
-class Pae(AnomalibModule):
+class Pae(CheckpointClassMixin, AnomalibModule):
     """PAEDID: patch autoencoder + latent memory bank + deep image decomposition (one-class).
 
     Args:

@@ -19,7 +19,7 @@ Validation runs only after the last epoch (post-processor thresholds with the fi
 
 Example:
     >>> from anomalib.engine import Engine
-    >>> from anomalib_pixelrefine.models.image.pni import Pni
+from anomalib_pixelrefine.models.image.pni import Pni
     >>> model = Pni(backbone="resnet18", pre_trained=False, mlp_epochs=2, refine_epochs=2)
     >>> Engine().fit(model, datamodule=datamodule)  # doctest: +SKIP
 """
@@ -41,6 +41,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
+from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
 
 from .loss import refinement_loss
 from .torch_model import PniModel
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 _SCORE_CHUNK = 16  # training images scored at once during calibration
 
 
-class Pni(AnomalibModule):
+class Pni(CheckpointClassMixin, AnomalibModule):
     """PNI (position and neighbourhood information + pixelwise refinement), one-class.
 
     Args:
