@@ -230,7 +230,8 @@ def decompose(
         msg = f"init must be 'image' or 'prior', got '{init}'"
         raise ValueError(msg)
 
-    image, prior = image.float(), prior.float()
+    dtype = torch.promote_types(image.dtype, torch.float32)  # float32, or float64 when given
+    image, prior = image.to(dtype), prior.to(dtype)
     blur = _GaussianBlur(window_size, image.shape[-2], image.shape[-1], image)
     prior_moments = blur(torch.stack([prior, prior * prior])).unbind(0)
     low_rank = image if init == "image" else prior
