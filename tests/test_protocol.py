@@ -299,3 +299,27 @@ def test_checkpoint_of_another_model_fails_at_once(
     ckpt = _checkpoint(saved, tiny_mvtec_root, project_path)
     with pytest.raises(TypeError, match=message):
         loader.load_from_checkpoint(ckpt, map_location="cpu")
+
+
+def test_pixelrefine_export_command_from_refined_checkpoint(
+    tiny_mvtec_root: Path, project_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pixelrefine export --post_processor f2pad --ckpt_path`` (issue 19 A3, CLI) writes a refining model."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = _checkpoint("patchcore_f2pad", tiny_mvtec_root, project_path)
+    command = [sys.executable, "-m", "anomalib_pixelrefine.cli", "export", "--model", "Patchcore"]
+    command += ["--model.backbone", "resnet18", "--model.pre_trained", "false", "--post_processor", "f2pad"]
+    command += ["--export_type", "torch", "--ckpt_path", str(ckpt), "--default_root_dir", str(tmp_path)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    inferencer = TorchInferencer(path=tmp_path / "weights/torch/model.pt", device="cpu")
+    assert isinstance(inferencer.model.post_processor, F2PAD)
+    assert inferencer.predict(torch.rand(1, 3, *SIZE)).pred_mask.dtype == torch.bool
