@@ -32,16 +32,13 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 # Importing the models registers them as ``AnomalibModule`` subclasses, which is what makes ``--model Pni`` resolve.
 from anomalib_pixelrefine import models as _models
+from anomalib_pixelrefine import registry
 from anomalib_pixelrefine.allocator import configure_allocator
 
 logger = logging.getLogger("anomalib_pixelrefine.cli")
 
-# Short names accepted by ``--post_processor`` and the classes they stand for.
-POST_PROCESSORS: dict[str, str] = {
-    "default": "anomalib.post_processing.PostProcessor",
-    "f2pad": "anomalib_pixelrefine.post_processing.F2PAD",
-    "paedid": "anomalib_pixelrefine.post_processing.PaedidRefiner",
-}
+# Short names accepted by ``--post_processor`` and the classes they stand for (``registry.POST_PROCESSORS``).
+POST_PROCESSORS = registry.POST_PROCESSORS
 
 # Commands whose parser has a ``--model`` argument, i.e. where ``--post_processor`` makes sense.
 _MODEL_COMMANDS = {"fit", "validate", "test", "train", "predict", "export"}
@@ -110,12 +107,7 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
                 msg = f"'{key}' needs a value."
                 raise ValueError(msg)
             if key == "--post_processor":
-                class_path = POST_PROCESSORS.get(value.lower(), value)
-                if "." not in class_path:
-                    known = ", ".join(POST_PROCESSORS)
-                    msg = f"Unknown post-processor '{value}'. Known names: {known} (or a class path)."
-                    raise ValueError(msg)
-                moved[:0] = ["--model.post_processor", class_path]
+                moved[:0] = ["--model.post_processor", registry.post_processor_path(value)]
             else:
                 option = key.removeprefix("--post_processor.")
                 moved += [f"--model.post_processor.init_args.{option}", value]
@@ -127,6 +119,39 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
         msg = f"--post_processor needs one of the commands {commands} (it sets the model's post-processor)."
         raise ValueError(msg)
     return kept + moved
+
+
+def translate_model_args(args: Sequence[str]) -> list[str]:
+    """Rewrite ``--model NAME`` short names of the registry (any case, ``pni``, ``feature_ensemble``) to class paths.
+
+    Class paths, config files and unknown names are left to jsonargparse.
+
+    Args:
+        args: Command line arguments without the program name.
+
+    Returns:
+        The rewritten arguments.
+    """
+    args = list(args)
+    for index, arg in enumerate(args):
+        key, has_eq, value = arg.partition("=")
+        if key != "--model":
+            continue
+        if not has_eq:
+            if index + 1 >= len(args):
+                break
+            value = args[index + 1]
+        if "." in value:
+            continue
+        try:
+            path = registry.model_path(value)
+        except ValueError:
+            continue
+        if has_eq:
+            args[index] = f"--model={path}"
+        else:
+            args[index + 1] = path
+    return args
 
 
 class PixelRefineCLI(AnomalibCLI):
@@ -143,7 +168,8 @@ class PixelRefineCLI(AnomalibCLI):
         from anomalib_pixelrefine.benchmark import pixelrefine_pipelines
 
         with pixelrefine_pipelines():  # ``benchmark`` = our pipeline; anomalib's registry is restored afterwards
-            super().__init__(args=translate_post_processor_args(sys.argv[1:] if args is None else args), run=run)
+            args = translate_model_args(translate_post_processor_args(sys.argv[1:] if args is None else args))
+            super().__init__(args=args, run=run)
 
     @staticmethod
     def init_parser(**kwargs: Any) -> ArgumentParser:

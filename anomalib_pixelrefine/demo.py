@@ -10,7 +10,6 @@ prints. It runs through the benchmark job (:mod:`anomalib_pixelrefine.benchmark`
 exactly as in ``benchmarks/``. Without the weights package it falls back to random resnet18 weights with a warning.
 """
 
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -81,8 +80,9 @@ PRETRAINED_DEMO_ARGS: dict[str, dict[str, Any]] = {
 
 
 def _import_class(class_path: str) -> type:
-    module_name, _, class_name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
+    from anomalib_pixelrefine.registry import import_object
+
+    return import_object(class_path)
 
 
 def demo_spec(model: str) -> dict[str, Any] | None:
@@ -143,9 +143,9 @@ def build_demo_model(
         msg = f"Unknown demo model '{model}'. Known: {', '.join(DEMO_MODELS)} (or a full class path)."
         raise ValueError(msg)
     if post_processor is not None:
-        from anomalib_pixelrefine.cli import POST_PROCESSORS
+        from anomalib_pixelrefine.registry import post_processor_class
 
-        init_args["post_processor"] = _import_class(POST_PROCESSORS.get(post_processor.lower(), post_processor))()
+        init_args["post_processor"] = post_processor_class(post_processor)()
     pre_processor = model_cls.configure_pre_processor(image_size=(image_size, image_size))
     return model_cls(pre_processor=pre_processor, evaluator=make_evaluator(), visualizer=False, **init_args)
 

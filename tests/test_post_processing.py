@@ -350,6 +350,53 @@ def test_checkpoint_reload_and_torch_export(fitted: tuple, monkeypatch: pytest.M
         engine.export(model, ExportType.ONNX, export_root=root / "onnx")
 
 
+def test_whole_module_refines_right_after_fit_and_without_engine(fitted: tuple) -> None:
+    """Issue 18 item 2: model(images) after Engine.fit, and on a host built and loaded without any Engine."""
+    _, model, datamodule, _ = fitted
+    images = next(iter(datamodule.test_dataloader())).image
+    model.eval()
+    direct = model(images)
+    assert direct.pred_mask.dtype == torch.bool
+
+    fresh = Patchcore(
+        backbone="resnet18",
+        layers=["layer2", "layer3"],
+        pre_trained=False,
+        pre_processor=Patchcore.configure_pre_processor(image_size=(64, 64)),
+        post_processor=F2PAD(max_iters=10),
+    )
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.eval()(images).anomaly_map, direct.anomaly_map)
+    # A refiner assigned later is wired to the host too.
+    fresh.post_processor = F2PAD(max_iters=10)
+    fresh.post_processor.load_state_dict(model.post_processor.state_dict())
+    torch.testing.assert_close(fresh(images).anomaly_map, direct.anomaly_map)
+
+
+def test_checkpoint_restores_refiner_without_arguments_or_into_a_fresh_one(
+    fitted: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19 A3: Host.load_from_checkpoint(ckpt) rebuilds the refiner; a fresh refiner takes any buffer shapes."""
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    engine, model, datamodule, root = fitted
+    ckpt = root / "f2pad_restore.ckpt"
+    engine.trainer.save_checkpoint(ckpt)
+    images = next(iter(datamodule.test_dataloader())).image
+    model.eval()
+    expected = model(images).anomaly_map
+
+    plain = Patchcore.load_from_checkpoint(ckpt, map_location="cpu")
+    assert isinstance(plain.post_processor, F2PAD)
+    assert plain.post_processor.max_iters == 10
+    torch.testing.assert_close(plain.eval()(images).anomaly_map, expected)
+
+    fresh = Patchcore.load_from_checkpoint(ckpt, post_processor=F2PAD(n_components=2), map_location="cpu")
+    assert fresh.post_processor.mog_means.shape == model.post_processor.mog_means.shape  # (5, 3) from the checkpoint
+    export = engine.export(fresh, ExportType.TORCH, export_root=root / "export_fresh")
+    result = TorchInferencer(path=export, device="cpu").predict(images)
+    torch.testing.assert_close(result.anomaly_map.reshape(expected.shape), expected)
+
+
 def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)

@@ -19,7 +19,6 @@ Peak memory (``peak_rss_mb``, method in ``rss_method``):
 from __future__ import annotations
 
 import gc
-import importlib
 import json
 import logging
 import math
@@ -37,6 +36,8 @@ from anomalib.pipelines.benchmark.job import BenchmarkJob
 from lightning.pytorch import Callback, seed_everything
 from torch.nn import functional as F
 
+from anomalib_pixelrefine import registry
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,11 +54,7 @@ __all__ = [
 ]
 
 # Short names of this package's models (imported lazily: a model that does not exist yet is skipped, not fatal).
-OUR_MODELS: dict[str, str] = {
-    "pae": "anomalib_pixelrefine.models.image.pae.Pae",
-    "pni": "anomalib_pixelrefine.models.image.pni.Pni",
-    "featureensemble": "anomalib_pixelrefine.models.image.feature_ensemble.FeatureEnsemble",
-}
+OUR_MODELS: dict[str, str] = registry.MODELS
 DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
 
 # Result column -> (metric class path, fields, prefix). ``best_dice``/``best_iou`` pick the threshold in hindsight on
@@ -85,9 +82,8 @@ class ComponentUnavailableError(ImportError):
 
 
 def _import_object(class_path: str) -> Any:
-    module_name, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), name)
+        return registry.import_object(class_path)
     except (ImportError, AttributeError) as error:
         msg = f"{class_path} is not available ({type(error).__name__}: {error})."
         raise ComponentUnavailableError(msg) from error
@@ -108,19 +104,7 @@ def resolve_model_class(name: str) -> type:
     """
     from anomalib.models import AnomalibModule
 
-    key = name.lower().replace("_", "")
-    if "." in name:
-        cls = _import_object(name)
-    elif key in OUR_MODELS:
-        cls = _import_object(OUR_MODELS[key])
-    else:
-        import anomalib.models
-
-        matches = [item for item in anomalib.models.__all__ if item.lower() == key]
-        if not matches:
-            msg = f"Unknown model {name!r}: not an anomalib model, not one of {sorted(OUR_MODELS)}, not a class path."
-            raise ValueError(msg)
-        cls = getattr(anomalib.models, matches[0])
+    cls = _import_object(registry.model_path(name))
     if not (isinstance(cls, type) and issubclass(cls, AnomalibModule)):
         msg = f"{name!r} resolves to {cls!r}, which is not an anomalib AnomalibModule."
         raise ValueError(msg)
@@ -141,19 +125,13 @@ def resolve_post_processor(spec: str | dict[str, Any] | None) -> Any:
         ComponentUnavailableError: If the class cannot be imported.
         ValueError: For an unknown short name.
     """
-    from anomalib_pixelrefine.cli import POST_PROCESSORS
-
     if spec is None or (isinstance(spec, str) and spec.lower() == "default"):
         return True
     init_args: dict[str, Any] = {}
     if isinstance(spec, dict):
         init_args = dict(spec.get("init_args") or {})
         spec = spec["class_path"]
-    class_path = POST_PROCESSORS.get(str(spec).lower(), str(spec))
-    if "." not in class_path:
-        msg = f"Unknown post-processor {spec!r}; known names: {sorted(POST_PROCESSORS)} (or a class path)."
-        raise ValueError(msg)
-    return _import_object(class_path)(**init_args)
+    return _import_object(registry.post_processor_path(str(spec)))(**init_args)
 
 
 def post_processor_name(spec: str | dict[str, Any] | None) -> str:

@@ -8,13 +8,20 @@ The refiner is a Lightning callback (as anomalib's ``PostProcessor``), so it see
   initial masks ``m0``; the validation images are then refined and the *refined* maps calibrate the pixel threshold;
 - test/predict (``on_test_batch_end``/``on_predict_batch_end``): each batch is refined (so ``strategy="ddp"`` splits
   images across devices), then normalised/thresholded; the image scores stay the host's;
-- ``forward`` (export/``TorchInferencer``): a forward pre-hook on the host torch model captures its input images so
-  the pickled (``export_type="torch"``) model refines too. ONNX/OpenVINO cannot express the iterative, autograd-based
-  refinement: tracing raises a clear error.
+- ``forward`` (``model(images)``, export, ``TorchInferencer``): a forward pre-hook on the host torch model captures its
+  input images so the whole ``AnomalibModule`` and its pickled (``export_type="torch"``) copy refine too. The hook is
+  installed whenever a refiner and a host model meet in one ``AnomalibModule`` (a torch module-registration hook:
+  construction, ``load_from_checkpoint``, assigning ``model.post_processor`` later), not only by ``Engine`` setup.
+  ONNX/OpenVINO cannot express the iterative, autograd-based refinement: export raises a one-line error up front.
+- checkpoints: the refiner records its class and constructor arguments in the checkpoint's hyper-parameters (with
+  Lightning's ``instantiate_module``), so ``Host.load_from_checkpoint(ckpt)`` rebuilds host *and* refiner without
+  arguments (also ``Engine.export(..., ckpt_path=...)`` and ``anomalib export``). A refiner passed explicitly
+  (``post_processor=F2PAD()``) takes its fitted buffers from the checkpoint whatever their shapes.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -22,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import F1AdaptiveThreshold
+from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from kornia.morphology import opening
 from lightning import LightningModule, Trainer
@@ -29,6 +37,7 @@ from torch import nn
 from torchvision.transforms.v2 import Normalize
 
 from anomalib_pixelrefine.checks import check_finite, check_number, check_seed
+from anomalib_pixelrefine.models.components import is_exporting
 from anomalib_pixelrefine.seeding import seeded_module
 
 __all__ = ["EXPORT_MESSAGE", "RefiningPostProcessor", "seeded_module"]
@@ -40,6 +49,8 @@ EXPORT_MESSAGE = (
     "(autograd + data-dependent stopping), which ONNX/OpenVINO graphs cannot express. Export with export_type='torch' "
     "(TorchInferencer runs the refinement), or export the host alone with post_processor=PostProcessor()."
 )
+# Lightning's allow-listed instantiator: rebuilds the host with its post-processor from ``class_path``/``init_args``.
+_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
 def _find_normalize(module: nn.Module | None) -> Normalize | None:
@@ -56,8 +67,14 @@ def _find_normalize(module: nn.Module | None) -> Normalize | None:
     return None
 
 
-def _is_exporting() -> bool:
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+def _wire_refiner(parent: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    """Global module-registration hook: hook a refiner onto its host model when both sit in one AnomalibModule."""
+    if not isinstance(parent, AnomalibModule) or name not in {"model", "post_processor"}:
+        return
+    refiner = submodule if name == "post_processor" else parent._modules.get("post_processor")
+    host = submodule if name == "model" else parent._modules.get("model")
+    if isinstance(refiner, RefiningPostProcessor) and isinstance(host, nn.Module):
+        refiner.hook_host(host)
 
 
 class RefiningPostProcessor(PostProcessor):
@@ -114,6 +131,38 @@ class RefiningPostProcessor(PostProcessor):
         self.refined_images = 0  # images refined by this process (diagnostics, e.g. DDP sharding)
 
     # ------------------------------------------------------------------ config persisted in checkpoints
+    def init_args(self) -> dict[str, Any]:
+        """Current values of every constructor argument (this class and its bases), as plain data."""
+        names: list[str] = []
+        for cls in type(self).__mro__:
+            if not issubclass(cls, PostProcessor):  # nn.Module, Callback: no configuration
+                continue
+            for param in inspect.signature(cls.__init__).parameters.values():
+                if param.kind in {param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY} and param.name != "self":
+                    names.append(param.name)
+        args = {name: getattr(self, name) for name in dict.fromkeys(names) if hasattr(self, name)}
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in args.items()}
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Record this refiner (class path + constructor arguments) in the host's checkpoint hyper-parameters.
+
+        ``Host.load_from_checkpoint(ckpt)`` then rebuilds the host with this refiner through Lightning's
+        ``instantiate_module`` (the checkpoint of a plain host is unchanged).
+        """
+        del trainer, pl_module
+        hparams = checkpoint.setdefault("hyper_parameters", {})
+        hparams["post_processor"] = {"class_path": f"{type(self).__module__}.{type(self).__name__}"}
+        hparams["post_processor"]["init_args"] = self.init_args()
+        hparams["_instantiator"] = _INSTANTIATOR
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Take the checkpoint's buffer shapes (fitted priors), so a freshly built refiner loads any checkpoint."""
+        for name, buffer in self._buffers.items():
+            key = prefix + name
+            if buffer is not None and key in state_dict and state_dict[key].shape != buffer.shape:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
         return (
@@ -165,9 +214,12 @@ class RefiningPostProcessor(PostProcessor):
             self.pixel_mean.copy_(torch.as_tensor(norm.mean, dtype=torch.float32))
             self.pixel_std.copy_(torch.as_tensor(norm.std, dtype=torch.float32))
         host = getattr(pl_module, "model", None)
-        if isinstance(host, nn.Module) and not any(
-            getattr(h, "__self__", None) is self for h in host._forward_pre_hooks.values()
-        ):
+        if isinstance(host, nn.Module):
+            self.hook_host(host)
+
+    def hook_host(self, host: nn.Module) -> None:
+        """Register the input-capturing forward pre-hook on the host torch model (idempotent)."""
+        if not any(getattr(h, "__self__", None) is self for h in host._forward_pre_hooks.values()):
             host.register_forward_pre_hook(self._capture_input)
 
     def _capture_input(self, module: nn.Module, args: tuple) -> None:
@@ -331,6 +383,7 @@ class RefiningPostProcessor(PostProcessor):
                 )
             finally:
                 host_model.train(was_training)
+                self.__dict__.pop("_captured", None)  # the scorer's own host calls are not inputs to refine
         self.refined_images += len(refined)
         if refined.shape[-2:] != input_shape[-2:]:
             refined = F.interpolate(refined, size=input_shape[-2:], mode="bilinear", align_corners=False)
@@ -366,14 +419,18 @@ class RefiningPostProcessor(PostProcessor):
         captured = self.__dict__.pop("_captured", None)
         if not self.enable_refinement:
             return super().forward(predictions)
-        if _is_exporting():
+        if is_exporting():
             raise RuntimeError(EXPORT_MESSAGE.format(name=type(self).__name__))
         if captured is None:
             msg = (
                 f"{type(self).__name__}.forward needs the host's input images; call the whole AnomalibModule "
-                "(model(images)) after Engine.fit/test or attach(pl_module), not the post-processor alone."
+                "(model(images)), not the post-processor alone."
             )
             raise RuntimeError(msg)
         host_model, images = captured
         refined = self.refine_batch(images, predictions.anomaly_map, host_model)
         return self.finalise(predictions.pred_score, refined)
+
+
+# Installed once: wires refiners to their hosts however the AnomalibModule is built or loaded.
+torch.nn.modules.module.register_module_module_registration_hook(_wire_refiner)

@@ -222,7 +222,13 @@ class F2PAD(RefiningPostProcessor):
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
-        return (*super()._checkpoint_config_keys, *self._TUNABLE)
+        return (*super()._checkpoint_config_keys, *self._TUNABLE, "init")
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore the configuration; a refiner built with another ``init`` gets the checkpoint's PAE module."""
+        super().load_checkpoint_config(config)
+        if self.init == "pae" and self.pae is None:
+            self.pae = seeded_module(self.seed, lambda: PaeModel(channels=(32, 64)))
 
     # ------------------------------------------------------------------ prior
     def fit_prior(self, images: torch.Tensor) -> None:

@@ -121,19 +121,37 @@ class PaedidRefiner(RefiningPostProcessor):
         self.lr = lr
         self.noisy = noisy
         self.lam_ssim = lam_ssim
-        self.pae = seeded_module(
+        self.pae = self._build_pae()
+
+    def _build_pae(self) -> PaeModel:
+        return seeded_module(
             self.seed,
             lambda: PaeModel(
                 channels=self.channels,
-                aggregation_length=aggregation_length,
-                num_neighbors=num_neighbors,
-                alpha=alpha,
+                aggregation_length=self.aggregation_length,
+                num_neighbors=self.num_neighbors,
+                alpha=self.alpha,
             ),
         )
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
-        return (*super()._checkpoint_config_keys, "alpha", "lam", "steps", "lr", "noisy", "lam_ssim")
+        return (
+            *super()._checkpoint_config_keys,
+            *("alpha", "lam", "steps", "lr", "noisy", "lam_ssim", "channels", "aggregation_length", "num_neighbors"),
+        )
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore the configuration; rebuild the PAE when the checkpoint's architecture differs."""
+        super().load_checkpoint_config(config)
+        self.channels = [int(c) for c in self.channels]
+        pae = self.pae
+        if (
+            list(pae.channels) != self.channels
+            or pae.aggregation_length != self.aggregation_length
+            or pae.num_neighbors != self.num_neighbors
+        ):
+            self.pae = self._build_pae()
 
     def fit_prior(self, images: torch.Tensor) -> None:
         """Train the PAE and build its latent memory bank."""

@@ -11,7 +11,7 @@ Training (one-class, normal images only):
 
 Example:
     >>> from anomalib.engine import Engine
-    >>> from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsemble
+from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsemble
     >>> model = FeatureEnsemble(members=[
     ...     {"backbone": "resnet18", "layers": ["layer2", "layer3"]},
     ...     {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"]},
@@ -36,6 +36,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_pixelrefine.checks import FiniteInputMixin, check_number
+from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
 
 from .torch_model import FeatureEnsembleModel
 
@@ -47,7 +48,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
-class FeatureEnsemble(FiniteInputMixin, AnomalibModule):
+class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
     """Feature-level ensemble anomaly model (PCA transformation block + SimpleNet discriminator).
 
     Args:

@@ -8,7 +8,7 @@ with the final model and the bank is in the last checkpoint). Earlier validation
 Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
-    >>> from anomalib_pixelrefine.models.image.pae import Pae
+from anomalib_pixelrefine.models.image.pae import Pae
     >>> model = Pae(pre_processor=Pae.configure_pre_processor(image_size=(128, 128)))
     >>> engine = Engine(max_epochs=20)
     >>> engine.fit(model, datamodule=MVTecAD(category="carpet"))  # doctest: +SKIP
@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_number, check_seed, check_widths
+from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
 from anomalib_pixelrefine.seeding import seeded_module
 
 from .loss import PaeLoss, critic_loss, generator_adversarial_loss
@@ -56,7 +57,7 @@ def _check_arguments(args: dict[str, Any]) -> None:
     check_seed("Pae", args["seed"])
 
 
-class Pae(FiniteInputMixin, AnomalibModule):
+class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
     """PAEDID: patch autoencoder + latent memory bank + deep image decomposition (one-class).
 
     Args:

@@ -28,6 +28,7 @@ from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 from torch.nn import functional as F
 
+from anomalib_pixelrefine.models.components import is_exporting
 from anomalib_pixelrefine.models.components.sampling import greedy_coreset
 
 from .decomposition import decompose, image_score, sparse_to_anomaly_map
@@ -344,6 +345,9 @@ class PaeModel(DynamicBufferMixin, nn.Module):
         """K smallest cosine distances ``(Q, k)`` and the matching raw latents ``(Q, k, C)``, chunked over queries."""
         bank = self.memory_bank_agg
         k = min(self.num_neighbors, bank.shape[0])
+        if is_exporting():  # static graph: one block (the query count is symbolic)
+            top, index = (query @ bank.T).topk(k, dim=1)
+            return 1.0 - top, self.memory_bank_raw[index]
         chunk = max(1, _MAX_BLOCK_ELEMENTS // bank.shape[0])
         distances, indices = [], []
         for start in range(0, query.shape[0], chunk):

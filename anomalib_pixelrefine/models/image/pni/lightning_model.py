@@ -19,7 +19,7 @@ Validation runs only after the last epoch (post-processor thresholds with the fi
 
 Example:
     >>> from anomalib.engine import Engine
-    >>> from anomalib_pixelrefine.models.image.pni import Pni
+from anomalib_pixelrefine.models.image.pni import Pni
     >>> model = Pni(backbone="resnet18", pre_trained=False, mlp_epochs=2, refine_epochs=2)
     >>> Engine().fit(model, datamodule=datamodule)  # doctest: +SKIP
 """
@@ -43,6 +43,7 @@ from torchvision.transforms.v2 import Compose, Resize
 from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_number, check_seed, check_widths
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
 from anomalib_pixelrefine.data.generators import PERLIN_MIN_SIZE
+from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
 from anomalib_pixelrefine.seeding import seeded_module
 
 from .loss import refinement_loss
@@ -118,7 +119,7 @@ def _resize_size(pre_processor: Any) -> tuple[int, int] | None:
     return None
 
 
-class Pni(FiniteInputMixin, AnomalibModule):
+class Pni(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
     """PNI (position and neighbourhood information + pixelwise refinement), one-class.
 
     Args:

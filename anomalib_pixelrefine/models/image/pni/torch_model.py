@@ -34,7 +34,7 @@ from anomalib.models.components import DynamicBufferMixin, TimmFeatureExtractor
 from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 from torch import nn
 
-from anomalib_pixelrefine.models.components import greedy_coreset
+from anomalib_pixelrefine.models.components import greedy_coreset, is_exporting
 
 from .refinement import RefinementNet
 
@@ -56,6 +56,9 @@ def nearest_neighbour(queries: torch.Tensor, bank: torch.Tensor) -> tuple[torch.
     """
     dists, idxs = [], []
     bank_sq = bank.pow(2).sum(1)
+    if is_exporting():  # static graph: one block (the row count is symbolic)
+        value, index = (queries.pow(2).sum(1, keepdim=True) - 2 * queries @ bank.T + bank_sq).min(1)
+        return value.clamp_min(0).sqrt(), index
     for start in range(0, queries.shape[0], _NN_CHUNK):
         chunk = queries[start : start + _NN_CHUNK]
         sq = chunk.pow(2).sum(1, keepdim=True) - 2 * chunk @ bank.T + bank_sq
@@ -402,6 +405,9 @@ class PniScorer(DynamicBufferMixin):
         image_idx = torch.arange(batch, device=features.device).repeat_interleave(height * width)
         row = grid_r.reshape(-1).repeat(batch)
         col = grid_c.reshape(-1).repeat(batch)
+        if is_exporting():  # static graph: one chunk (the patch count is symbolic)
+            inputs = neighbourhood_inputs(padded, image_idx, row, col, self.window)
+            return torch.softmax(self.mlp_logits(inputs) / self.temperature, dim=1)
         chunk = max(1, (1 << 23) // ((self.window**2 - 1) * self.mlp_channels))
         probs = [
             torch.softmax(
@@ -455,6 +461,8 @@ class PniScorer(DynamicBufferMixin):
         if search not in {"auto", "sparse", "dense"}:
             msg = f"search must be 'auto', 'sparse' or 'dense', got {search!r}."
             raise ValueError(msg)
+        if is_exporting():
+            return self._dense_masked_nearest(patches, masks)
         if patches.shape[0] > _NN_CHUNK:  # bound the (patch, class) index lists and distance blocks
             return torch.cat(
                 [
@@ -492,6 +500,18 @@ class PniScorer(DynamicBufferMixin):
             results.append(best)
         return torch.stack(results)
 
+    def _dense_masked_nearest(self, patches: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Dense search without data-dependent control flow (export): same result as :meth:`masked_nearest_many`."""
+        bank = self.embedding_coreset
+        dense_sq = (patches.pow(2).sum(1, keepdim=True) - 2 * patches @ bank.T + bank.pow(2).sum(1)).clamp_min(0)
+        plain = dense_sq.amin(1)
+        results = []
+        for allowed in masks:
+            # An entry is allowed when its distribution class is: (P, |C_emb|) gather instead of a scatter-min.
+            best = dense_sq.masked_fill(~allowed[:, self.emb_to_dist], float("inf")).amin(1)
+            results.append(torch.where(torch.isinf(best), plain, best).sqrt())
+        return torch.stack(results)
+
     def _sparse_sq(self, patches: torch.Tensor, allowed: torch.Tensor, n_pairs: int) -> torch.Tensor:
         best = torch.full((patches.shape[0],), float("inf"), device=patches.device)
         patch_id, class_rank = allowed.nonzero(as_tuple=True)
@@ -515,8 +535,8 @@ class PniScorer(DynamicBufferMixin):
             msg = "PniScorer is not fitted: train the model (Engine.fit) before predicting."
             raise RuntimeError(msg)
         batch, dim, height, width = features.shape
-        expected = tuple(int(s) for s in self.feature_size)
-        if self.use_position and (height, width) != expected:
+        if self.use_position and not is_exporting() and (height, width) != tuple(self.feature_size.tolist()):
+            expected = self.feature_size.tolist()
             msg = (
                 f"feature map {height}x{width} differs from the training feature map {expected[0]}x{expected[1]}: "
                 "the position histograms need the training image size."
