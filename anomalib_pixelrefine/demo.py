@@ -17,6 +17,8 @@ from typing import Any
 from anomalib.metrics import Evaluator
 from anomalib.models import AnomalibModule
 
+from anomalib_pixelrefine.benchmark.config import PNI_CPU_ARGS
+
 logger = logging.getLogger(__name__)
 
 # Settings that let each model train on the embedded data in about a minute per category on 2 CPU cores, with
@@ -36,19 +38,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     },
     "Pni": {
         "class_path": "anomalib_pixelrefine.models.image.pni.Pni",
-        "init_args": {
-            "backbone": "resnet18",
-            "pre_trained": False,
-            "coreset_ratio": 0.1,
-            "distribution_size": 256,
-            "window": 5,
-            "mlp_layers": 3,
-            "mlp_width": 256,
-            "mlp_channels": 32,
-            "mlp_epochs": 8,
-            "refine_epochs": 15,
-            "refine_channels": [8, 16, 32],
-        },
+        "init_args": {"backbone": "resnet18", "pre_trained": False, **PNI_CPU_ARGS},
     },
     "FeatureEnsemble": {
         "class_path": "anomalib_pixelrefine.models.image.feature_ensemble.FeatureEnsemble",

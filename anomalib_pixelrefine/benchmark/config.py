@@ -179,6 +179,20 @@ FULL_PROFILE: dict[str, Any] = {
     },
 }
 
+#: Pni settings that train in minutes on a 2-core CPU (smaller coreset, distribution and networks than the paper's);
+#: shared by the demo and the realistic benchmark.
+PNI_CPU_ARGS: dict[str, Any] = {
+    "coreset_ratio": 0.1,
+    "distribution_size": 256,
+    "window": 5,
+    "mlp_layers": 3,
+    "mlp_width": 256,
+    "mlp_channels": 32,
+    "mlp_epochs": 8,
+    "refine_epochs": 15,
+    "refine_channels": [8, 16, 32],
+}
+
 # Real ImageNet features offline (``pixelrefine weights``): the main setting of every quality claim.
 _LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
 _LITE1 = {"backbone": "tf_efficientnet_lite1", "pre_trained": True}
@@ -233,15 +247,7 @@ REALISTIC_PROFILE: dict[str, Any] = {
                     "init_args": {
                         **_LITE0,
                         "layers": ["blocks.2", "blocks.4"],
-                        "coreset_ratio": 0.1,
-                        "distribution_size": 256,
-                        "window": 5,
-                        "mlp_layers": 3,
-                        "mlp_width": 256,
-                        "mlp_channels": 32,
-                        "mlp_epochs": 8,
-                        "refine_epochs": 15,
-                        "refine_channels": [8, 16, 32],
+                        **PNI_CPU_ARGS,
                     },
                 },
                 {

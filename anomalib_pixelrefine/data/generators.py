@@ -685,6 +685,17 @@ def irregular_blob(
     return torch.sqrt(dy**2 + dx**2) / boundary
 
 
+def _random_blob(
+    height: int,
+    width: int,
+    area_range: tuple[float, float],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """:func:`irregular_blob` distance field of a blob whose area is drawn log-uniformly from ``area_range``."""
+    radius = math.sqrt(_log_uniform(generator, *area_range) * height * width / math.pi)
+    return irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+
+
 class StainDefect(DefectGenerator):
     """Soft-edged, low-contrast stain or discolouration (a tinted blob with a smooth boundary).
 
@@ -728,8 +739,7 @@ class StainDefect(DefectGenerator):
         source: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = image.shape[-2:]
-        radius = math.sqrt(_log_uniform(generator, *self.area_range) * height * width / math.pi)
-        distance = irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+        distance = _random_blob(height, width, self.area_range, generator)
         alpha = self._profile(distance.to(image.device))
         sign = 1.0 if _uniform(generator, 0, 1) < 0.5 else -1.0
         shift = sign * _uniform(generator, *self.contrast_range)
@@ -768,8 +778,7 @@ class BurnDefect(StainDefect):
         source: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = image.shape[-2:]
-        radius = math.sqrt(_log_uniform(generator, *self.area_range) * height * width / math.pi)
-        distance = irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+        distance = _random_blob(height, width, self.area_range, generator)
         # Gaussian fall-off reaching 1/3 of the peak on the boundary (distance 1).
         gradient = torch.exp(-math.log(3.0) * distance.to(image.device) ** 2)
         depth = _uniform(generator, *self.depth_range)
@@ -904,8 +913,7 @@ class TextureSwapDefect(DefectGenerator):
         source: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = image.shape[-2:]
-        radius = math.sqrt(_log_uniform(generator, *self.area_range) * height * width / math.pi)
-        distance = irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+        distance = _random_blob(height, width, self.area_range, generator)
         src = image if source is None else source.to(image)
         src = torch.rot90(src, _randint(generator, 1, 3), dims=(-2, -1))
         scale = _uniform(generator, *self.scale_range)
