@@ -5,6 +5,8 @@ Usage:
     python benchmarks/run_benchmark.py --config benchmarks/configs/full.yaml [--output_dir DIR]
     python benchmarks/run_benchmark.py --config realistic            # pretrained models on the realistic data
     python benchmarks/run_benchmark.py --config realistic_refiners   # PaDiM/PatchCore alone, + F2PAD, + PAEDID
+    python benchmarks/run_benchmark.py --config realistic --resume   # finish an interrupted run
+    python benchmarks/run_benchmark.py --config realistic --report-only [EXTRA_DIR ...]  # tables of a partial run
     python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/<profile>.yaml
 
 Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png into the configuration's
@@ -67,9 +69,23 @@ def main() -> None:
     parser.add_argument("--output_dir", default=None, help="override the output folder")
     parser.add_argument("--write-configs", action="store_true", help="regenerate benchmarks/configs/*.yaml")
     parser.add_argument("--resume", action="store_true", help="skip the jobs of <output_dir>/rows.partial.jsonl")
+    parser.add_argument(
+        "--report-only",
+        nargs="*",
+        metavar="EXTRA_DIR",
+        default=None,
+        help="write the tables from <output_dir>/rows.partial.jsonl (plus those of EXTRA_DIRs) without running jobs",
+    )
     args = parser.parse_args()
     if args.write_configs:
         write_configs()
+        return
+    if args.report_only is not None:
+        from anomalib_pixelrefine.benchmark import load_config
+        from anomalib_pixelrefine.benchmark.pipeline import report_partial
+
+        output_dir = args.output_dir or load_config(args.config, quick=args.quick)["output_dir"]
+        report_partial(output_dir, args.report_only)
         return
     config = args.config
     if args.resume:

@@ -41,6 +41,7 @@ __all__ = [
     "PixelRefineBenchmark",
     "PixelRefineBenchmarkJobGenerator",
     "pixelrefine_pipelines",
+    "report_partial",
     "run_benchmark",
 ]
 
@@ -309,6 +310,41 @@ def pixelrefine_pipelines() -> Iterator[None]:
             registry.pop("benchmark", None)
         else:
             registry["benchmark"] = previous
+
+
+def report_partial(output_dir: str | Path, extra_dirs: list[str | Path] | None = None) -> Any:
+    """Write the tables and plots of an interrupted (or split) run from its ``rows.partial.jsonl`` files.
+
+    Args:
+        output_dir: The run's output folder (its rows are read, the files written there).
+        extra_dirs: Output folders of further runs of the same configuration whose rows are added (e.g. a part of
+            the grid run in parallel).
+
+    Returns:
+        The results DataFrame.
+    """
+    import json
+
+    from .report import write_results
+
+    rows: dict[str, dict[str, Any]] = {}
+    for folder in [output_dir, *(extra_dirs or [])]:
+        partial = Path(folder) / "rows.partial.jsonl"
+        if not partial.is_file():
+            msg = f"No partial results in {folder} (expected {partial})."
+            raise FileNotFoundError(msg)
+        for line in partial.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["job_id"]] = row
+    frame = PixelRefineBenchmarkJob.collect(list(rows.values()))
+    metadata = {
+        "command": shlex.join(sys.argv),
+        "source": ", ".join(str(Path(folder) / "rows.partial.jsonl") for folder in [output_dir, *(extra_dirs or [])]),
+        "load_average_end": _load_average(),
+    }
+    write_results(frame, output_dir, metadata)
+    return frame
 
 
 def run_benchmark(config: str | Path | dict | None = None, quick: bool = False, output_dir: str | None = None) -> Any:
