@@ -68,24 +68,28 @@ def import_object(class_path: str) -> Any:
         raise ImportError(msg) from error
 
 
+def _path(name: str, table: dict[str, str], package: str, kind: str) -> str:
+    """Full class path of ``name``: a class path, one of ``table``'s short names, or a name in ``package.__all__``."""
+    if "." in name:
+        return name
+    key = _key(name)
+    if key in table:
+        return table[key]
+    module = importlib.import_module(package)
+    for item in module.__all__:
+        if _key(item) == key:
+            return f"{package}.{item}"
+    msg = f"Unknown {kind} {name!r}: not one of {sorted(table)}, not an anomalib {kind}, not a class path."
+    raise ValueError(msg)
+
+
 def model_path(name: str) -> str:
     """Full class path of a model: one of ours, one of anomalib's (``Padim``, ``efficient_ad``) or a class path.
 
     Raises:
         ValueError: If the name is unknown.
     """
-    if "." in name:
-        return name
-    key = _key(name)
-    if key in MODELS:
-        return MODELS[key]
-    import anomalib.models
-
-    for item in anomalib.models.__all__:
-        if _key(item) == key:
-            return f"anomalib.models.{item}"
-    msg = f"Unknown model {name!r}: not one of {sorted(MODELS)}, not an anomalib model, not a class path."
-    raise ValueError(msg)
+    return _path(name, MODELS, "anomalib.models", "model")
 
 
 def model_class(name: str) -> type:
@@ -135,15 +139,4 @@ def metric_path(name: str) -> str:
     Raises:
         ValueError: If the name is unknown.
     """
-    if "." in name:
-        return name
-    key = _key(name)
-    if key in METRICS:
-        return METRICS[key]
-    import anomalib.metrics
-
-    for item in anomalib.metrics.__all__:
-        if _key(item) == key:
-            return f"anomalib.metrics.{item}"
-    msg = f"Unknown metric {name!r}: not one of {sorted(METRICS)}, not an anomalib metric, not a class path."
-    raise ValueError(msg)
+    return _path(name, METRICS, "anomalib.metrics", "metric")
