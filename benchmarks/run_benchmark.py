@@ -28,7 +28,8 @@ HEADERS = {
 # Target: <= 15 min on 2 CPU cores.   Run: pixelrefine benchmark --config benchmarks/configs/quick.yaml
 # Format: anomalib's benchmark format (accelerator + benchmark.{seed,model,data} with `grid` lists) plus
 # post_processor, engine, image_size, isolation, output_dir; see anomalib_pixelrefine/benchmark/config.py.
-# pre_trained: false because the benchmark machine cannot download weights; set it to true for meaningful numbers.
+# Pretrained tf_efficientnet_lite0/1 (offline ImageNet weights: `pixelrefine weights`); thresholds calibrated on
+# synthetic defects painted on held-back training images.
 # isolation: none = all jobs in one process (no start-up cost per job); peak_rss_mb is still per job (VmHWM reset).
 """,
     "full": """# Full profile of the benchmark suite: the same content as anomalib_pixelrefine.benchmark.FULL_PROFILE
