@@ -36,11 +36,14 @@ from lightning import LightningModule, Trainer
 from torch import nn
 from torchvision.transforms.v2 import Normalize
 
-from anomalib_pixelrefine.checks import check_finite, check_number, check_seed
+from anomalib_pixelrefine.checks import check_choice, check_finite, check_number, check_seed
 from anomalib_pixelrefine.models.components import is_exporting
 from anomalib_pixelrefine.seeding import seeded_module
 
-__all__ = ["EXPORT_MESSAGE", "RefiningPostProcessor", "seeded_module"]
+__all__ = ["EXPORT_MESSAGE", "OUTPUTS", "RefiningPostProcessor", "dilate", "seeded_module"]
+
+#: Refined map units: the host's score units (default) or the method's own pixel-space map (paper).
+OUTPUTS = ("host", "pixel")
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,13 @@ def _find_normalize(module: nn.Module | None) -> Normalize | None:
     return None
 
 
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of ``(B, 1, H, W)`` masks with a square of side ``2 radius + 1`` (max pooling)."""
+    if radius <= 0:
+        return mask.bool()
+    return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
+
+
 def _wire_refiner(parent: nn.Module, name: str, submodule: nn.Module | None) -> None:
     """Global module-registration hook: hook a refiner onto its host model when both sit in one AnomalibModule."""
     if not isinstance(parent, AnomalibModule) or name not in {"model", "post_processor"}:
@@ -86,8 +96,15 @@ class RefiningPostProcessor(PostProcessor):
         enable_refinement: ``False`` makes this a plain anomalib ``PostProcessor`` (ablation / speed).
         initial_threshold: Host pixel threshold for ``m0`` (raw host map units) when no validation calibrated one.
             ``None``: per-image fallback ``min + 0.5 (max - min)`` with a warning.
-        mask_threshold: Threshold on the refined map when validation did not calibrate one.
-        opening_size: Side of the final morphological opening of the binary mask (paper: 3; 0 disables).
+        mask_threshold: Threshold on the refined map when validation did not calibrate one (``"host"`` output: only
+            when the host's pixel threshold is unknown too).
+        opening_size: Side of the final morphological opening of the binary mask (paper: 3; 0 disables: a 3 px
+            opening deletes 1-2 px scratches and cracks).
+        output: ``"host"``: the refined map in the host's score units (see :meth:`host_unit_maps`), so one deployed
+            threshold serves faint and strong defects; ``"pixel"``: the method's own pixel-space map (paper).
+        support_ratio: ``"host"`` output: a pixel belongs to the refined support when its refined anomaly
+            ``||x - n||`` exceeds this fraction of the image's largest one inside the ROI (scale-free).
+        roi_dilation: Dilation radius (px) of the initial mask ``m0`` giving the refined region (ROI).
         max_train_images: Training images kept to fit the prior.
         seed: Random seed of the prior fitting.
         **kwargs: anomalib ``PostProcessor`` arguments (``enable_normalization``, ``image_sensitivity``, ...).
@@ -98,7 +115,10 @@ class RefiningPostProcessor(PostProcessor):
         enable_refinement: bool = True,
         initial_threshold: float | None = None,
         mask_threshold: float = 0.1,
-        opening_size: int = 3,
+        opening_size: int = 0,
+        output: str = "host",
+        support_ratio: float = 0.3,
+        roi_dilation: int = 6,
         max_train_images: int = 64,
         seed: int = 0,
         **kwargs: Any,
@@ -108,12 +128,18 @@ class RefiningPostProcessor(PostProcessor):
         check_number(owner, "initial_threshold", initial_threshold, optional=True)
         check_number(owner, "mask_threshold", mask_threshold)
         check_number(owner, "opening_size", opening_size, 0, integer=True)
+        check_choice(owner, "output", output, OUTPUTS)
+        check_number(owner, "support_ratio", support_ratio, 0, 1)
+        check_number(owner, "roi_dilation", roi_dilation, 0, integer=True)
         check_number(owner, "max_train_images", max_train_images, 1, integer=True)
         check_seed(owner, seed)
         self.enable_refinement = enable_refinement
         self.initial_threshold = initial_threshold
         self.mask_threshold = mask_threshold
         self.opening_size = opening_size
+        self.output = output
+        self.support_ratio = support_ratio
+        self.roi_dilation = roi_dilation
         self.max_train_images = max_train_images
         self.seed = seed
         self.register_buffer("pixel_mean", torch.zeros(3))
@@ -171,6 +197,9 @@ class RefiningPostProcessor(PostProcessor):
             "initial_threshold",
             "mask_threshold",
             "opening_size",
+            "output",
+            "support_ratio",
+            "roi_dilation",
             "max_train_images",
             "seed",
         )
@@ -351,6 +380,60 @@ class RefiningPostProcessor(PostProcessor):
             return host_maps > low + 0.5 * (high - low)
         return host_maps > threshold.to(host_maps)
 
+    def host_maps_of(self, host_model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw host anomaly maps ``(B, 1, H, W)`` of images ``pixels`` in ``[0, 1]`` (one batched forward)."""
+        with torch.no_grad():
+            maps = host_model(self.to_input(pixels)).anomaly_map
+        maps = maps.reshape(len(pixels), 1, *maps.shape[-2:]).float()
+        if maps.shape[-2:] != pixels.shape[-2:]:
+            maps = F.interpolate(maps, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        return maps
+
+    def host_unit_maps(
+        self,
+        pixels: torch.Tensor,
+        background: torch.Tensor,
+        host_maps: torch.Tensor,
+        roi: torch.Tensor,
+        host_model: nn.Module,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refined maps in the host's score units: the host map sharpened by the refined support.
+
+        The refined anomaly ``a = ||x - n||`` (``n`` the refined background) is in pixel-contrast units: a faint
+        stain and a dark scratch land on different scales, so no single threshold on ``a`` serves both. Here
+        ``a`` only decides *where* (support ``s``: ``a > support_ratio * max_ROI a`` per image) and the host
+        decides *how anomalous*:
+
+        - support pixels get ``max(h, max_ROI h)``: the image's peak host score inside its ROI;
+        - other ROI pixels get ``min(h, h')``, with ``h'`` the host map of the image whose support pixels were
+          replaced by the background: the host evidence the support does not explain stays (e.g. the interior of
+          a large texture defect whose pixels look normal one by one), the rest drops;
+        - outside the ROI the host map is unchanged (its ranking, hence pixel AUROC there, is kept).
+
+        Args:
+            pixels: Images in ``[0, 1]`` ``(B, 3, H, W)``.
+            background: Refined backgrounds ``n`` in ``[0, 1]`` ``(B, 3, H, W)``.
+            host_maps: Raw host anomaly maps ``(B, 1, H, W)``.
+            roi: Refined region ``(B, 1, H, W)`` bool.
+            host_model: Host torch model (re-scores the partly cleaned images).
+
+        Returns:
+            ``(maps (B, 1, H, W), support (B, 1, H, W) bool)``.
+        """
+        residual = (pixels - background).pow(2).sum(1, keepdim=True).sqrt() * roi
+        peak_residual = residual.flatten(1).amax(1).view(-1, 1, 1, 1)
+        support = roi & (residual > self.support_ratio * peak_residual) & (peak_residual > 0)
+        maps = host_maps.clone()
+        todo = support.flatten(1).any(1)
+        if bool(todo.any()):
+            cleaned = torch.where(support[todo], background[todo], pixels[todo])
+            unexplained = torch.minimum(host_maps[todo], self.host_maps_of(host_model, cleaned))
+            roi_t, h = roi[todo], host_maps[todo]
+            peak = torch.where(roi_t, h, torch.full_like(h, -torch.inf)).flatten(1).amax(1).view(-1, 1, 1, 1)
+            inside = torch.where(support[todo], torch.maximum(h, peak), unexplained)
+            maps[todo] = torch.where(roi_t, inside, h)
+        return maps, support
+
     def refine_batch(self, images: torch.Tensor, host_maps: torch.Tensor, host_model: nn.Module) -> torch.Tensor:
         """Refine a batch: ``images`` in host input space, raw ``host_maps`` -> refined raw maps ``(B, 1, H, W)``.
 
@@ -390,9 +473,18 @@ class RefiningPostProcessor(PostProcessor):
         return refined.detach().reshape(input_shape)
 
     def binarise(self, refined: torch.Tensor) -> torch.Tensor:
-        """Binary mask from raw refined maps: calibrated (or ``mask_threshold``) threshold, then opening."""
+        """Binary mask from raw refined maps: calibrated (or fallback) threshold, then opening.
+
+        Without a calibrated threshold: ``"host"`` output (host units) uses the host's pixel threshold (calibrated,
+        else ``initial_threshold``), ``"pixel"`` output and the last resort use ``mask_threshold``.
+        """
         threshold = self._pixel_threshold
-        threshold = torch.where(torch.isnan(threshold), torch.full_like(threshold, self.mask_threshold), threshold)
+        fallback = torch.tensor(self.mask_threshold)
+        if self.output == "host" and not torch.isnan(self.host_pixel_threshold):
+            fallback = self.host_pixel_threshold
+        elif self.output == "host" and self.initial_threshold is not None:
+            fallback = torch.tensor(self.initial_threshold)
+        threshold = torch.where(torch.isnan(threshold), fallback.to(threshold), threshold)
         mask = (refined > threshold.to(refined)).float()
         if self.opening_size > 1:
             kernel = torch.ones(self.opening_size, self.opening_size, device=mask.device)

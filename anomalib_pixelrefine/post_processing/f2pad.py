@@ -7,7 +7,9 @@ Reference: "Feature Attenuation... / F2PAD: pixel-level anomaly segmentation by 
 
 over the dilated ROI of the host's initial mask ``m0`` with bilateral local gradient sharing (eq. 13–14), adaptive
 per-pixel steps ``γ0 / |x - n|`` (eq. 15) and Adan. ``n0`` is a classical inpainting of ``m0`` (no pretrained MAE
-offline) or a PAE deep prior. The refined anomaly map is ``||x - n||`` (channel L2).
+offline) or a PAE deep prior. The paper's refined anomaly map is ``||x - n||`` (channel L2, ``output="pixel"``); the
+default ``output="host"`` keeps the host's score units and uses ``||x - n||`` for the support only
+(:meth:`RefiningPostProcessor.host_unit_maps`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from anomalib_pixelrefine.checks import check_choice, check_number
 from anomalib_pixelrefine.models.image.pae import PaeModel
 
-from .base import RefiningPostProcessor, seeded_module
+from .base import RefiningPostProcessor, dilate, seeded_module
 from .optim import (
     PixelAdan,
     bilateral_weights,
@@ -38,13 +40,6 @@ from .paedid import pae_input, train_pae
 from .scorers import get_scorer
 
 INIT_MODES = ("inpaint", "pae", "image")
-
-
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of ``(B, 1, H, W)`` masks with a square of side ``2 radius + 1`` (max pooling)."""
-    if radius <= 0:
-        return mask.bool()
-    return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
 
 
 def crop_extents(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +137,6 @@ class F2PAD(RefiningPostProcessor):
         max_iters: Maximum iterations (paper: 1200 on a GPU).
         tol: Stop an image when its objective decreased by less than ``tol`` (relative) over ``check_every`` steps.
         check_every: Stopping-rule window.
-        roi_dilation: Dilation radius (px) of ``m0`` giving the optimised region.
         roi_local: Optimise/score crops around the ROI (``False``: the full image — for the speed-up comparison).
         context: Extra pixels around the ROI in the crops (receptive-field context for the features).
         num_candidates: PatchCore ``|M_ij|`` (paper: 50).
@@ -173,7 +167,6 @@ class F2PAD(RefiningPostProcessor):
         max_iters: int = 100,
         tol: float = 1e-3,
         check_every: int = 10,
-        roi_dilation: int = 6,
         roi_local: bool = True,
         context: int = 16,
         num_candidates: int = 50,
@@ -194,7 +187,7 @@ class F2PAD(RefiningPostProcessor):
             check_number(owner, name, value, 0)
         check_number(owner, "tol", tol, 0)
         integers = {"n_components": (n_components, 1), "ks": (ks, 0), "max_iters": (max_iters, 0)}
-        integers |= {"check_every": (check_every, 1), "roi_dilation": (roi_dilation, 0), "context": (context, 0)}
+        integers |= {"check_every": (check_every, 1), "context": (context, 0)}
         integers |= {"num_candidates": (num_candidates, 1), "reestimate_iters": (reestimate_iters, 0)}
         integers |= {"pae_epochs": (pae_epochs, 0)}
         for name, (value, low) in integers.items():
@@ -205,7 +198,7 @@ class F2PAD(RefiningPostProcessor):
         self.gradient_sharing, self.ks, self.sigma0, self.sigma1 = gradient_sharing, ks, sigma0, sigma1
         self.clip, self.range_weight = clip, range_weight
         self.max_iters, self.tol, self.check_every = max_iters, tol, check_every
-        self.roi_dilation, self.roi_local, self.context = roi_dilation, roi_local, context
+        self.roi_local, self.context = roi_local, context
         self.num_candidates, self.init = num_candidates, init
         self.reestimate, self.reestimate_iters, self.pae_epochs = reestimate, reestimate_iters, pae_epochs
         self.register_buffer("mog_means", torch.full((n_components, 3), 0.5))
@@ -216,8 +209,8 @@ class F2PAD(RefiningPostProcessor):
 
     _TUNABLE = (
         "alpha1", "alpha2", "beta0", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step", "gradient_sharing",
-        "ks", "sigma0", "sigma1", "clip", "range_weight", "max_iters", "tol", "check_every", "roi_dilation",
-        "roi_local", "context", "num_candidates", "reestimate", "reestimate_iters",
+        "ks", "sigma0", "sigma1", "clip", "range_weight", "max_iters", "tol", "check_every", "roi_local",
+        "context", "num_candidates", "reestimate", "reestimate_iters",
     )  # fmt: skip
 
     @property
@@ -371,7 +364,10 @@ class F2PAD(RefiningPostProcessor):
         initial_masks: torch.Tensor,
         host_model: nn.Module,
     ) -> torch.Tensor:
-        """Refined maps ``||x - n*||`` inside the dilated ROI, plus a tiny tie-breaker from the host map elsewhere."""
+        """Refined maps: in host units (``output="host"``, :meth:`host_unit_maps`) or ``||x - n*||`` (``"pixel"``).
+
+        ``"pixel"``: ``||x - n*||`` inside the dilated ROI, plus a tiny tie-breaker from the host map elsewhere.
+        """
         start = time.perf_counter()
         b, _, h, w = pixels.shape
         roi_full = dilate(initial_masks, self.roi_dilation)
@@ -398,10 +394,11 @@ class F2PAD(RefiningPostProcessor):
             refined[sel] = torch.where(roi_full[sel], amap, refined[sel])
             background[sel] = n_full
             iterations[sel.cpu()] = its.cpu()
-        self.last_info = {
-            "iterations": iterations,
-            "seconds": time.perf_counter() - start,
-            "background": background.detach(),
-            "initial_masks": initial_masks.detach(),
-        }
+        self.last_info = {"iterations": iterations, "background": background.detach()}
+        self.last_info["initial_masks"] = initial_masks.detach()
+        if self.output == "host":
+            refined, self.last_info["support"] = self.host_unit_maps(
+                pixels, background, host_maps, roi_full, host_model
+            )
+        self.last_info["seconds"] = time.perf_counter() - start
         return refined

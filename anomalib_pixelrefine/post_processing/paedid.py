@@ -17,7 +17,7 @@ from anomalib_pixelrefine.checks import check_number, check_widths
 from anomalib_pixelrefine.models.image.pae import PaeModel, decompose, sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pae.loss import PaeLoss
 
-from .base import RefiningPostProcessor, seeded_module
+from .base import RefiningPostProcessor, dilate, seeded_module
 
 
 def train_pae(
@@ -166,16 +166,26 @@ class PaedidRefiner(RefiningPostProcessor):
         initial_masks: torch.Tensor,
         host_model: nn.Module,
     ) -> torch.Tensor:
-        """``|S|`` of the decomposition ``X = L + S`` with prior ``X̂ = PAE(X; host-selected patches)``."""
-        del initial_masks, host_model
+        """Decomposition ``X = L + S`` with prior ``X̂ = PAE(X; host-selected patches)``.
+
+        ``output="host"``: the host map sharpened by the support of ``S`` inside the dilated initial mask
+        (:meth:`RefiningPostProcessor.host_unit_maps`, background ``X - S``); ``"pixel"``: ``|S|`` (paper).
+        """
         x, size = pae_input(self.pae, pixels)
         scores = F.interpolate(host_maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
         prior = self.pae.deep_prior(x, patch_scores=scores, alpha=self.alpha)
         _, sparse = decompose(
             x, prior, lam=self.lam, steps=self.steps, lr=self.lr, noisy=self.noisy, lam_ssim=self.lam_ssim
         )
+        self.last_info = {"prior": prior.detach()}
+        if self.output == "host":
+            if tuple(sparse.shape[-2:]) != size:
+                sparse = F.interpolate(sparse, size=size, mode="bilinear", align_corners=False)
+            background = (pixels - sparse).clamp(0, 1)  # X - S (the noise e of eq. 4 stays with the background)
+            roi = dilate(initial_masks, self.roi_dilation)
+            maps, self.last_info["support"] = self.host_unit_maps(pixels, background, host_maps, roi, host_model)
+            return maps
         anomaly_map = sparse_to_anomaly_map(sparse)
         if tuple(anomaly_map.shape[-2:]) != size:
             anomaly_map = F.interpolate(anomaly_map, size=size, mode="bilinear", align_corners=False)
-        self.last_info = {"prior": prior.detach()}
         return anomaly_map
