@@ -281,18 +281,28 @@ REALISTIC_PROFILE: dict[str, Any] = {
     },
 }
 
-#: The refiners on the realistic data: PaDiM and PatchCore (pretrained lite0) alone, with F2PAD and with PAEDID, on a
-#: regular texture and the real solar cells (two backgrounds only: a refiner costs 5-12 s per 128 px image on a
-#: shared 2-core CPU; add ``grass``/``gravel`` to the grid where time allows). The hosts' oracle rows are in
-#: ``realistic``.
+#: CFLOW host of the refiner benchmark (pretrained lite0, one epoch of flow training on 30 images).
+_CFLOW_HOST = {"class_path": "Cflow", "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"]}}
+
+#: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
+#: optimisation with its stopping rule; ``f2pad_inpaint``: ``max_iters=0``, the inpainted background alone) and with
+#: PAEDID, on a regular texture and the real solar cells (two backgrounds: refiners cost seconds per image on a shared
+#: 2-core CPU; add ``grass``/``gravel`` to the grid where time allows). The hosts' oracle rows are in ``realistic``.
 REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
     "output_dir": "benchmarks/results/realistic_refiners",
     "exclude": [],
     "benchmark": {
         "seed": {"grid": [0]},
-        "model": {"grid": _REALISTIC_HOST_SPECS},
-        "post_processor": {"grid": ["default", "f2pad", "paedid"]},
+        "model": {"grid": [*_REALISTIC_HOST_SPECS, _CFLOW_HOST]},
+        "post_processor": {
+            "grid": [
+                "default",
+                "f2pad",
+                {"class_path": "f2pad", "init_args": {"max_iters": 0}, "name": "f2pad_inpaint"},
+                "paedid",
+            ],
+        },
         "data": {
             **_REALISTIC_DATA,
             "init_args": {

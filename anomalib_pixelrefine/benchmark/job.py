@@ -135,10 +135,12 @@ def resolve_post_processor(spec: str | dict[str, Any] | None) -> Any:
 
 
 def post_processor_name(spec: str | dict[str, Any] | None) -> str:
-    """Short label of a post-processor specification (for tables and file names)."""
+    """Short label of a post-processor specification (for tables and file names); a dict's ``name`` wins."""
     if spec is None:
         return "default"
     if isinstance(spec, dict):
+        if spec.get("name"):
+            return str(spec["name"])
         spec = spec["class_path"]
     return str(spec).rsplit(".", 1)[-1].lower() if "." in str(spec) else str(spec).lower()
 
