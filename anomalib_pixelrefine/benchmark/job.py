@@ -19,6 +19,7 @@ Peak memory (``peak_rss_mb``, method in ``rss_method``):
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import math
@@ -53,7 +54,7 @@ __all__ = [
     "resolve_post_processor",
 ]
 
-# Short names of this package's models (imported lazily: a model that does not exist yet is skipped, not fatal).
+# Short names of this package's models (imported lazily: one that cannot be imported gives a skipped row).
 OUR_MODELS: dict[str, str] = registry.MODELS
 DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
 
@@ -99,7 +100,7 @@ def resolve_model_class(name: str) -> type:
         The ``AnomalibModule`` subclass.
 
     Raises:
-        ComponentUnavailableError: If the class cannot be imported (e.g. a model not written yet).
+        ComponentUnavailableError: If the class cannot be imported (e.g. an optional dependency is missing).
         ValueError: If the name is unknown or not an ``AnomalibModule``.
     """
     from anomalib.models import AnomalibModule
@@ -135,16 +136,20 @@ def resolve_post_processor(spec: str | dict[str, Any] | None) -> Any:
 
 
 def post_processor_name(spec: str | dict[str, Any] | None) -> str:
-    """Short label of a post-processor specification (for tables and file names)."""
+    """Label of a post-processor specification (tables, file names, ``exclude``): its ``name``, else the class."""
     if spec is None:
         return "default"
     if isinstance(spec, dict):
+        if spec.get("name"):
+            return str(spec["name"])
         spec = spec["class_path"]
     return str(spec).rsplit(".", 1)[-1].lower() if "." in str(spec) else str(spec).lower()
 
 
 def model_name(spec: str | dict[str, Any]) -> str:
-    """Short label of a model specification."""
+    """Label of a model specification: its ``name`` (a variant of the same class), else the class name."""
+    if isinstance(spec, dict) and spec.get("name"):
+        return str(spec["name"])
     class_path = spec if isinstance(spec, str) else spec["class_path"]
     return str(class_path).rsplit(".", 1)[-1]
 
@@ -551,6 +556,8 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         if missing:
             row["reason"] = "; ".join(f"{column}: {reason}" for column, reason in missing.items())
         kwargs = dict(model_spec.get("init_args") or {})
+        if "seed" in inspect.signature(model_cls).parameters:
+            kwargs.setdefault("seed", self.seed)  # models with their own seed (Pae, Pni) follow the job's seed
         if self.image_size is not None:
             kwargs["pre_processor"] = model_cls.configure_pre_processor(image_size=(self.image_size, self.image_size))
         kwargs.update(post_processor=post_processor, evaluator=Evaluator(test_metrics=list(metrics.values())))

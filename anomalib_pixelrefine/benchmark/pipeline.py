@@ -32,7 +32,7 @@ from anomalib.pipelines.types import GATHERED_RESULTS, PREV_STAGE_RESULT
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from .config import BenchmarkConfigError, expand_grid, load_config
-from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data
+from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data, data_name
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,12 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
         for container in expand_grid(args or {}):
             data = container["data"]
             if isinstance(data, dict) and str(data.get("class_path", "")).lower() in DEFAULT_DATA:
+                start = time.perf_counter()
                 with contextlib.suppress(Exception):  # a bad/missing category is reported by the job itself
                     build_default_data(data.get("init_args") or {})
+                # Build time of each embedded data set (0 when it was cached), kept in the results' metadata.
+                built = self.settings.setdefault("metadata", {}).setdefault("data_build_s", {})
+                built.setdefault(data_name(data), round(time.perf_counter() - start, 2))
             job = PixelRefineBenchmarkJob(
                 accelerator=self.accelerator,
                 seed=int(container.get("seed", 0)),
