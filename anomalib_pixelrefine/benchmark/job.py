@@ -49,6 +49,7 @@ __all__ = [
     "build_test_metrics",
     "calibration_name",
     "host_pixel_threshold",
+    "model_init_args",
     "pretrained_label",
     "resolve_model_class",
     "resolve_post_processor",
@@ -189,6 +190,26 @@ def pretrained_label(init_args: dict[str, Any]) -> str:
     if not flags:
         return "n/a"
     return str(bool(flags[0])).lower() if len(set(map(bool, flags))) == 1 else "mixed"
+
+
+def model_init_args(model_cls: type, init_args: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A model's arguments for a job: ``init_args``, plus the job's seed for models with a ``seed`` argument.
+
+    Models such as ``Pae`` and ``Pni`` seed their own weights and coresets; without this every seed of a grid would
+    build the same model.
+
+    Args:
+        model_cls: The model class.
+        init_args: The configured arguments (an explicit ``seed`` is kept).
+        seed: The job's seed.
+
+    Returns:
+        A new dictionary.
+    """
+    kwargs = dict(init_args)
+    if "seed" in inspect.signature(model_cls).parameters:
+        kwargs.setdefault("seed", seed)
+    return kwargs
 
 
 def install_offline_weights(init_args: dict[str, Any]) -> None:
@@ -555,9 +576,8 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         metrics, missing = build_test_metrics(image_level=is_image_level(self.job_config["data"]))
         if missing:
             row["reason"] = "; ".join(f"{column}: {reason}" for column, reason in missing.items())
-        kwargs = dict(model_spec.get("init_args") or {})
-        if "seed" in inspect.signature(model_cls).parameters:
-            kwargs.setdefault("seed", self.seed)  # models with their own seed (Pae, Pni) follow the job's seed
+        init_args = model_init_args(model_cls, model_spec.get("init_args") or {}, self.seed)
+        kwargs = dict(init_args)
         if self.image_size is not None:
             kwargs["pre_processor"] = model_cls.configure_pre_processor(image_size=(self.image_size, self.image_size))
         kwargs.update(post_processor=post_processor, evaluator=Evaluator(test_metrics=list(metrics.values())))
@@ -595,7 +615,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         row["rss_method"] = rss_method
         row["accelerator"] = self.accelerator
         row["image_size"] = self.image_size
-        row["model_init_args"] = json.dumps(model_spec.get("init_args") or {}, sort_keys=True, default=str)
+        row["model_init_args"] = json.dumps(init_args, sort_keys=True, default=str)
         row["torch_threads"] = torch.get_num_threads()
         row["pid"] = os.getpid()
         row["_per_image"] = [{"job_id": self.job_id, **self.labels, **record} for record in collector.per_image]
