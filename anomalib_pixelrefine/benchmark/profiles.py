@@ -263,15 +263,8 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
 
 # --------------------------------------------------------------------------------------------- method profiles
 # Reduced sizes for a shared 2-core CPU (64 px, 16 training images, one seed); raise them where time allows. Every
-# method profile uses pretrained EfficientNet-Lite backbones and the synthetic calibration (no test mask is seen).
-_METHOD_SETTINGS: dict[str, Any] = {
-    "accelerator": "cpu",
-    "n_jobs": 1,
-    "isolation": "none",
-    "image_size": 64,
-    "qualitative_samples": 3,
-    "plots": True,
-}
+# method profile but ``data_default`` uses pretrained EfficientNet-Lite backbones and the synthetic calibration (no
+# test mask is seen).
 _LITE0_64 = {**_LITE0, "layers": ["blocks.1", "blocks.2"]}  # strides 4 and 8: a 16x16 grid at 64 px
 _PADIM_64 = {"class_path": "Padim", "init_args": {**_LITE0_64, "n_features": 50}}
 _PATCHCORE_64 = {
@@ -286,6 +279,36 @@ def _method_data(profile: str, categories: list[str], **build_args: Any) -> dict
     return {
         "class_path": "default",
         "init_args": {"category": {"grid": categories}, "root": f"./datasets/pixelrefine_{profile}", **init_args},
+    }
+
+
+def _method_profile(
+    name: str,
+    models: list[dict[str, Any]],
+    data: dict[str, Any],
+    post_processor: Any = "default",
+    exclude: list[dict[str, Any]] | None = None,
+    seeds: tuple[int, ...] = (0,),
+    **settings: Any,
+) -> dict[str, Any]:
+    """A method profile: one process, 64 px, results in ``benchmarks/results/<name>``; ``settings`` override."""
+    return {
+        "accelerator": "cpu",
+        "n_jobs": 1,
+        "isolation": "none",
+        "image_size": 64,
+        "qualitative_samples": 3,
+        "plots": True,
+        **settings,
+        "output_dir": f"benchmarks/results/{name}",
+        "exclude": exclude or [],
+        "benchmark": {
+            "seed": {"grid": list(seeds)},
+            "model": {"grid": models},
+            "post_processor": post_processor,
+            "data": data,
+            "engine": {"max_epochs": 1},
+        },
     }
 
 
@@ -311,30 +334,19 @@ _F2PAD_ABLATIONS = {
 #: F2PAD (paper tables I-III): PaDiM / PatchCore / CFLOW before and after F2PAD on the paper's random-colour
 #: cut-paste defects, and on PatchCore every ablation: initialisation only, w/o pixel prior, w/o sparsity, gradient
 #: sharing off, adaptive step off, both off (plain Adan), ROI-local off (full-image optimisation: the speed-up).
-F2PAD_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "output_dir": "benchmarks/results/f2pad",
-    "exclude": [{"model": ["Padim", "Cflow"], "post_processor": list(_F2PAD_ABLATIONS)}],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {
-            "grid": [
-                _PADIM_64,
-                _PATCHCORE_64,
-                {"class_path": "Cflow", "init_args": {**_LITE0_64}, "engine": {"max_epochs": 4}},
-            ],
-        },
-        "post_processor": {
-            "grid": [
-                "default",
-                {"class_path": "f2pad", "init_args": _F2PAD_BASE},
-                *_variants("f2pad", _F2PAD_BASE, _F2PAD_ABLATIONS),
-            ],
-        },
-        "data": _method_data("f2pad", ["brick", "gravel"], defects=["cut_paste_color"], n_test_defect=6),
-        "engine": {"max_epochs": 1},
+F2PAD_PROFILE = _method_profile(
+    "f2pad",
+    [_PADIM_64, _PATCHCORE_64, {"class_path": "Cflow", "init_args": {**_LITE0_64}, "engine": {"max_epochs": 4}}],
+    _method_data("f2pad", ["brick", "gravel"], defects=["cut_paste_color"], n_test_defect=6),
+    post_processor={
+        "grid": [
+            "default",
+            {"class_path": "f2pad", "init_args": _F2PAD_BASE},
+            *_variants("f2pad", _F2PAD_BASE, _F2PAD_ABLATIONS),
+        ],
     },
-}
+    exclude=[{"model": ["Padim", "Cflow"], "post_processor": list(_F2PAD_ABLATIONS)}],
+)
 
 # Pni with the CPU settings, fewer epochs at 64 px; the variants switch the paper's components on one by one.
 _PNI_64 = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS, "mlp_epochs": 4, "refine_epochs": 8}
@@ -347,142 +359,87 @@ _PNI_ABLATIONS = {
     "Pni_NPR_score_combine": {"use_neighbourhood": True, "use_position": True, "refine": True, "combine": "score"},
 }
 #: PNI ablation: PatchCore (same backbone, layers and coreset ratio) and Pni with N, P and R switched on one by one.
-PNI_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "output_dir": "benchmarks/results/pni",
-    "exclude": [],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {"grid": [_PATCHCORE_64, *_variants("Pni", _PNI_64, _PNI_ABLATIONS)]},
-        "post_processor": "default",
-        "data": _method_data("pni", ["brick", "gravel"]),
-        "engine": {"max_epochs": 1},
-    },
-}
+PNI_PROFILE = _method_profile(
+    "pni", [_PATCHCORE_64, *_variants("Pni", _PNI_64, _PNI_ABLATIONS)], _method_data("pni", ["brick", "gravel"])
+)
 
 #: How much one coreset draw moves the numbers: PatchCore and the Pni baseline (no N/P/R) over several seeds. The
 #: job seed also draws the held-back calibration images, so the spread is an upper bound of the coreset noise.
-PNI_CORESET_NOISE_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "output_dir": "benchmarks/results/pni_coreset_noise",
-    "qualitative_samples": 0,
-    "plots": False,
-    "exclude": [],
-    "benchmark": {
-        "seed": {"grid": [0, 1, 2, 3]},
-        "model": {"grid": [_PATCHCORE_64, *_variants("Pni", _PNI_64, {"Pni_base": _PNI_ABLATIONS["Pni_base"]})]},
-        "post_processor": "default",
-        "data": _method_data("pni", ["brick", "gravel"]),
-        "engine": {"max_epochs": 1},
-    },
-}
+PNI_CORESET_NOISE_PROFILE = _method_profile(
+    "pni_coreset_noise",
+    [_PATCHCORE_64, *_variants("Pni", _PNI_64, {"Pni_base": _PNI_ABLATIONS["Pni_base"]})],
+    _method_data("pni", ["brick", "gravel"]),
+    seeds=(0, 1, 2, 3),
+    qualitative_samples=0,
+    plots=False,
+)
 
 _FE_MEMBERS = {"lite0": _LITE0_64, "lite1": {**_LITE1, "layers": ["blocks.1", "blocks.2"]}}
 #: FeatureEnsemble: each single member, the feature-level ensemble with a global or an individual block, and the
 #: output-level ensemble (same members, same training).
-FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "output_dir": "benchmarks/results/feature_ensemble",
-    "exclude": [],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {
-            "grid": _variants(
-                "FeatureEnsemble",
-                {"hidden": 256, "lr": 3e-3, "steps_per_batch": 20},
-                {
-                    "FE_single_lite0": {"members": [_FE_MEMBERS["lite0"]]},
-                    "FE_single_lite1": {"members": [_FE_MEMBERS["lite1"]]},
-                    "FE_global": {"members": list(_FE_MEMBERS.values()), "block": "global"},
-                    "FE_individual": {"members": list(_FE_MEMBERS.values()), "block": "individual"},
-                    "FE_output": {"members": list(_FE_MEMBERS.values()), "mode": "output", "block": "individual"},
-                },
-                engine={"max_epochs": 4},
-            ),
+FEATURE_ENSEMBLE_PROFILE = _method_profile(
+    "feature_ensemble",
+    _variants(
+        "FeatureEnsemble",
+        {"hidden": 256, "lr": 3e-3, "steps_per_batch": 20},
+        {
+            "FE_single_lite0": {"members": [_FE_MEMBERS["lite0"]]},
+            "FE_single_lite1": {"members": [_FE_MEMBERS["lite1"]]},
+            "FE_global": {"members": list(_FE_MEMBERS.values()), "block": "global"},
+            "FE_individual": {"members": list(_FE_MEMBERS.values()), "block": "individual"},
+            "FE_output": {"members": list(_FE_MEMBERS.values()), "mode": "output", "block": "individual"},
         },
-        "post_processor": "default",
-        "data": _method_data("feature_ensemble", ["brick", "gravel"]),
-        "engine": {"max_epochs": 1},
-    },
-}
+        engine={"max_epochs": 4},
+    ),
+    _method_data("feature_ensemble", ["brick", "gravel"]),
+)
 
 _PAE_64 = {"channels": [32, 64], "alpha": 0.2}
+_PAE_VARIANTS = {
+    "Pae_PAEDID": {"decompose": True},
+    "Pae_PAE": {"decompose": False},
+    "Pae_SSIM_loss": {"decompose": False, "reconstruction_loss": "ssim"},
+}
 #: PAEDID on cracks (the paper's setting): Pae with its decomposition (PAEDID), without it (PAE, the paper's ablation),
 #: the same autoencoder trained with the SSIM loss (residual map), PatchCore; and the PAEDID refiner on PaDiM and
 #: PatchCore.
-PAE_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "output_dir": "benchmarks/results/pae",
-    "exclude": [{"model": ["Pae_PAEDID", "Pae_PAE", "Pae_SSIM_loss"], "post_processor": "paedid"}],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {
-            "grid": [
-                *_variants(
-                    "Pae",
-                    _PAE_64,
-                    {
-                        "Pae_PAEDID": {"decompose": True},
-                        "Pae_PAE": {"decompose": False},
-                        "Pae_SSIM_loss": {"decompose": False, "reconstruction_loss": "ssim"},
-                    },
-                    engine={"max_epochs": 20},
-                ),
-                _PADIM_64,
-                _PATCHCORE_64,
-            ],
-        },
-        "post_processor": {"grid": ["default", {"class_path": "paedid", "init_args": {**_PAE_64, "pae_epochs": 20}}]},
-        "data": _method_data("pae", ["brick", "elpv"], defects=["crack"], n_test_defect=6),
-        "engine": {"max_epochs": 1},
-    },
-}
+PAE_PROFILE = _method_profile(
+    "pae",
+    [*_variants("Pae", _PAE_64, _PAE_VARIANTS, engine={"max_epochs": 20}), _PADIM_64, _PATCHCORE_64],
+    _method_data("pae", ["brick", "elpv"], defects=["crack"], n_test_defect=6),
+    post_processor={"grid": ["default", {"class_path": "paedid", "init_args": {**_PAE_64, "pae_epochs": 20}}]},
+    exclude=[{"model": list(_PAE_VARIANTS), "post_processor": "paedid"}],
+)
 
 #: PAEDID capacity: autoencoder widths and training epochs vs the quality of the prior (one texture, cracks).
-PAE_CAPACITY_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "output_dir": "benchmarks/results/pae_capacity",
-    "exclude": [],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {
-            "grid": [
-                {
-                    "class_path": "Pae",
-                    "name": f"Pae_{a}_{b}_e{epochs}",
-                    "init_args": {"channels": [a, b], "alpha": 0.2},
-                    "engine": {"max_epochs": epochs},
-                }
-                for a, b, epochs in ((16, 32, 10), (32, 64, 20), (64, 128, 20), (64, 128, 40))
-            ],
-        },
-        "post_processor": "default",
-        "data": _method_data("pae", ["gravel"], defects=["crack"], n_test_defect=6),
-        "engine": {"max_epochs": 1},
-    },
-}
+PAE_CAPACITY_PROFILE = _method_profile(
+    "pae_capacity",
+    [
+        {
+            "class_path": "Pae",
+            "name": f"Pae_{a}_{b}_e{epochs}",
+            "init_args": {"channels": [a, b], "alpha": 0.2},
+            "engine": {"max_epochs": epochs},
+        }
+        for a, b, epochs in ((16, 32, 10), (32, 64, 20), (64, 128, 20), (64, 128, 40))
+    ],
+    _method_data("pae", ["gravel"], defects=["crack"], n_test_defect=6),
+)
 
 #: Building the embedded data (``data_build_s`` in the metadata: 0 when cached) and anomalib's PaDiM on it, with the
 #: data's default sizes (128 px, 40 training images) and random resnet18 weights.
-DATA_DEFAULT_PROFILE: dict[str, Any] = {
-    **_METHOD_SETTINGS,
-    "image_size": 128,
-    "output_dir": "benchmarks/results/data_default",
-    "exclude": [],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {"class_path": "Padim", "init_args": {**_RESNET18, "layers": ["layer1", "layer2", "layer3"]}},
-        "post_processor": "default",
-        "data": {
-            "class_path": "default",
-            "init_args": {
-                "category": {"grid": ["brick", "grass", "gravel", "elpv"]},
-                "root": "./datasets/pixelrefine_data_default",
-            },
+DATA_DEFAULT_PROFILE = _method_profile(
+    "data_default",
+    [{"class_path": "Padim", "init_args": {**_RESNET18, "layers": ["layer1", "layer2", "layer3"]}}],
+    {
+        "class_path": "default",
+        "init_args": {
+            "category": {"grid": ["brick", "grass", "gravel", "elpv"]},
+            "root": "./datasets/pixelrefine_data_default",
         },
-        "engine": {"max_epochs": 1},
     },
-}
+    image_size=128,
+)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": QUICK_PROFILE,
