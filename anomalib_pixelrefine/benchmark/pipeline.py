@@ -33,6 +33,7 @@ from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from .config import BenchmarkConfigError, expand_grid, load_config
 from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data, data_name
+from .profiles import PROFILES
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +218,11 @@ class PixelRefineBenchmark(Benchmark):
 
     @staticmethod
     def get_parser(parser: ArgumentParser | None = None) -> ArgumentParser:
-        """Parser of ``pixelrefine benchmark``: ``--config FILE|quick|full``, ``--quick``, ``--output_dir``."""
+        """Parser of ``pixelrefine benchmark``: ``--config FILE|<profile>``, ``--quick``, ``--output_dir``."""
         if parser is None:
             parser = ArgumentParser(description="Benchmark models x post-processors x data sets x seeds.")
-        parser.add_argument("--config", type=str | None, default=None, help="YAML file, or a profile: quick, full.")
+        profiles = ", ".join(PROFILES)
+        parser.add_argument("--config", type=str | None, default=None, help=f"YAML file, or a profile: {profiles}.")
         parser.add_argument(
             "--quick", action=ActionYesNo, default=False, help="Use the quick profile (<= 15 min on 2 CPU cores)."
         )
@@ -355,7 +357,7 @@ def run_benchmark(config: str | Path | dict | None = None, quick: bool = False, 
     """Run the benchmark from Python.
 
     Args:
-        config: YAML file, profile name (``quick``/``full``) or dictionary.
+        config: YAML file, profile name (a key of :data:`~.profiles.PROFILES`) or dictionary.
         quick: Use the quick profile (``config`` values override it).
         output_dir: Override the output folder.
 
