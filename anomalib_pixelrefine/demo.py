@@ -17,7 +17,7 @@ from typing import Any
 from anomalib.metrics import Evaluator
 from anomalib.models import AnomalibModule
 
-from anomalib_pixelrefine.benchmark.config import PNI_CPU_ARGS
+from anomalib_pixelrefine.benchmark.profiles import PNI_CPU_ARGS
 
 logger = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ Usage:
     python benchmarks/run_benchmark.py --config realistic_refiners   # PaDiM/PatchCore alone, + F2PAD, + PAEDID
     python benchmarks/run_benchmark.py --config realistic --resume   # finish an interrupted run
     python benchmarks/run_benchmark.py --config realistic --report-only [EXTRA_DIR ...]  # tables of a partial run
+    python benchmarks/run_benchmark.py --config f2pad     # a method profile (also pni, pni_coreset_noise,
+                                                          # feature_ensemble, pae, pae_capacity, data_default)
     python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/<profile>.yaml
 
 Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png into the configuration's
@@ -19,47 +21,24 @@ from pathlib import Path
 import yaml
 
 from anomalib_pixelrefine.benchmark import run_benchmark
-from anomalib_pixelrefine.benchmark.config import PROFILES
+from anomalib_pixelrefine.benchmark.profiles import DESCRIPTIONS, PROFILES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-HEADERS = {
-    "quick": """# Quick profile of the benchmark suite: same content as anomalib_pixelrefine.benchmark.QUICK_PROFILE,
-# which `pixelrefine benchmark --quick` uses (regenerate: `python benchmarks/run_benchmark.py --write-configs`).
-# Target: <= 15 min on 2 CPU cores.   Run: pixelrefine benchmark --config benchmarks/configs/quick.yaml
-# Format: anomalib's benchmark format (accelerator + benchmark.{seed,model,data} with `grid` lists) plus
-# post_processor, engine, image_size, isolation, output_dir; see anomalib_pixelrefine/benchmark/config.py.
-# Pretrained tf_efficientnet_lite0/1 (offline ImageNet weights: `pixelrefine weights`); thresholds calibrated on
-# synthetic defects painted on held-back training images.
-# isolation: none = all jobs in one process (no start-up cost per job); peak_rss_mb is still per job (VmHWM reset).
-""",
-    "full": """# Full profile of the benchmark suite: the same content as anomalib_pixelrefine.benchmark.FULL_PROFILE
-# (regenerate with `python benchmarks/run_benchmark.py --write-configs`).
-# Run: pixelrefine benchmark --config benchmarks/configs/full.yaml   (or: --config full)
-# Every job runs in a fresh process (isolation: process), so peak_rss_mb is that job's own peak.
-# pre_trained: false because the benchmark machine cannot download weights; set it to true for meaningful numbers.
-# With your own data, replace `data` by any anomalib datamodule, e.g.
-#   data: {class_path: MVTecAD, init_args: {root: ./datasets/MVTecAD, category: {grid: [bottle, carpet]}}}
-# (also Visa, BTech, MVTecLOCO, Folder). With accelerator: cuda, one job per GPU runs in parallel.
-""",
-    "realistic": """# Realistic profile: anomalib_pixelrefine.benchmark.config.REALISTIC_PROFILE (regenerate with
-# `python benchmarks/run_benchmark.py --write-configs`). Run: pixelrefine benchmark --config realistic
-# Pretrained tf_efficientnet_lite0/1 (offline: `pixelrefine weights`), every defect kind and size on every background,
-# thresholds calibrated on synthetic defects painted on held-back training images (calibration `synthetic`) and, for
-# PaDiM/PatchCore, on the test masks themselves (`same_as_test` -> `oracle_test`, an upper bound), real ELPV defects.
-""",
-    "realistic_refiners": """# Realistic refiner profile: REALISTIC_REFINERS_PROFILE of ...benchmark.config
-# (regenerate with `python benchmarks/run_benchmark.py --write-configs`).
-# Run: pixelrefine benchmark --config realistic_refiners
-# PaDiM and PatchCore (pretrained tf_efficientnet_lite0) alone, with F2PAD and with PAEDID, same data as `realistic`.
-""",
-}
 
 
 def write_configs() -> None:
+    """Write every profile to ``benchmarks/configs/<name>.yaml``, its description and command as the header."""
     for name, profile in PROFILES.items():
         path = CONFIG_DIR / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(HEADERS[name] + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False))
+        header = [
+            f"# Profile `{name}` of anomalib_pixelrefine/benchmark/profiles.py (regenerate this file with",
+            "# `python benchmarks/run_benchmark.py --write-configs`; edit the profile, not this file).",
+            f"# Run: python benchmarks/run_benchmark.py --config {name}   (or: pixelrefine benchmark --config {name})",
+            *(f"# {line}" for line in DESCRIPTIONS[name].splitlines()),
+        ]
+        text = "\n".join(header) + "\n" + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False)
+        path.write_text(text)
         print(f"wrote {path}")
 
 

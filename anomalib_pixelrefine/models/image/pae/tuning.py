@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from anomalib_pixelrefine.metrics.functional import best_threshold_dice
+
 from .decomposition import sparse_to_anomaly_map
 from .torch_model import PaeModel
 
@@ -32,8 +34,7 @@ class TuningResult:
 def best_dice(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> float:
     """Dice of the thresholded anomaly maps, maximised exactly over one global threshold (all pixels of all images).
 
-    Uses ``anomalib_pixelrefine.metrics.functional.best_threshold_dice`` when available; otherwise an exact
-    sort-based sweep: pixels sorted by score, Dice evaluated at every distinct score (``O(N log N)``, no loops).
+    Exact: :func:`~anomalib_pixelrefine.metrics.functional.best_threshold_dice` over every distinct score.
 
     Args:
         anomaly_maps: ``(B, 1, H, W)`` maps.
@@ -48,24 +49,7 @@ def best_dice(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> float:
     if anomaly_maps.shape != masks.shape:
         msg = f"anomaly_maps {tuple(anomaly_maps.shape)} and masks {tuple(masks.shape)} must have the same shape"
         raise ValueError(msg)
-    try:
-        from anomalib_pixelrefine.metrics.functional import best_threshold_dice
-    except ImportError:
-        pass
-    else:
-        return float(best_threshold_dice(anomaly_maps, masks)[0])
-    scores, order = anomaly_maps.flatten().float().sort(descending=True)
-    truth = (masks.flatten() > 0.5)[order].float()
-    positives = truth.sum()
-    if positives == 0:
-        return 1.0  # predicting nothing is perfect (same convention as the metrics package)
-    true_positives = truth.cumsum(0)
-    predicted = torch.arange(1, scores.numel() + 1, dtype=torch.float32)
-    # Only cut between distinct scores (a threshold cannot split ties).
-    valid = torch.ones_like(scores, dtype=torch.bool)
-    valid[:-1] = scores[:-1] != scores[1:]
-    dice = 2 * true_positives / (predicted + positives)
-    return dice[valid].max().item()
+    return float(best_threshold_dice(anomaly_maps, masks)[0])
 
 
 @torch.no_grad()
