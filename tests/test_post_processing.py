@@ -16,7 +16,7 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
 from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner, get_scorer, register_scorer
-from anomalib_pixelrefine.post_processing.f2pad import crop_boxes, crop_groups, gather_crops, scatter_crops
+from anomalib_pixelrefine.post_processing.f2pad import crop_extents, crop_groups, gather_crops, scatter_crops
 from anomalib_pixelrefine.post_processing.optim import (
     PixelAdan,
     bilateral_weights,
@@ -183,10 +183,10 @@ def test_crops_roundtrip() -> None:
     roi = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
     roi[0, :, 5:9, 40:50] = True
     roi[1, :, 50:60, 2:6] = True
-    offsets, size = crop_boxes(roi, context=4, align=32)
-    assert size == (32, 32)
+    offsets, sizes = crop_extents(roi, context=4, align=32)
+    assert sizes.tolist() == [[32, 32], [32, 32]]
     assert (offsets % 32 == 0).all()
-    crops = gather_crops(roi.float(), offsets, size)
+    crops = gather_crops(roi.float(), offsets, (32, 32))
     assert crops.sum() == roi.sum()  # each ROI lies entirely in its crop
     back = scatter_crops(torch.zeros(2, 1, 64, 64), crops, offsets)
     assert torch.equal(back.bool(), roi)

@@ -1,7 +1,7 @@
 """F2PAD (Feature-to-Pixel Anomaly Detection) as an anomalib post-processor.
 
-Reference: "Feature Attenuation... / F2PAD: pixel-level anomaly segmentation by penalised regression" (see
-``/work/shared/papers/f2pad.txt``). Solves eq. (12)::
+Reference: F2PAD, pixel-level anomaly segmentation from a feature-level detector by penalised regression. Solves
+eq. (12)::
 
     min_n  l_n(n) + α1 l_p1(n) + α2 l_p2(n) + β l_a(x - n),   β = β0 / |m0|
 
@@ -15,13 +15,14 @@ default ``output="host"`` keeps the host's score units and uses ``||x - n||`` fo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalib_pixelrefine.checks import check_choice, check_number
+from anomalib_pixelrefine.checks import check_choice, check_number, check_widths
 from anomalib_pixelrefine.models.image.pae import PaeModel
 
 from .base import RefiningPostProcessor, dilate, seeded_module
@@ -64,21 +65,6 @@ def crop_extents(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Ten
     y1 = torch.div(y1.clamp_max(h) + align_h - 1, align_h, rounding_mode="floor") * align_h
     x1 = torch.div(x1.clamp_max(w) + align_w - 1, align_w, rounding_mode="floor") * align_w
     return torch.stack([y0, x0], 1), torch.stack([(y1 - y0).clamp(1, h), (x1 - x0).clamp(1, w)], 1)
-
-
-def crop_boxes(roi: torch.Tensor, context: int, align: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One common crop size covering every image's ROI bounding box plus ``context`` pixels, aligned to ``align``.
-
-    Returns:
-        ``(offsets (B, 2), (crop_h, crop_w))``.
-    """
-    _, _, h, w = roi.shape
-    offsets, sizes = crop_extents(roi, context, align)
-    crop_h, crop_w = int(sizes[:, 0].max()), int(sizes[:, 1].max())
-    # One common size, shifted inside the image.
-    cy = offsets[:, 0].clamp(0, h - crop_h)
-    cx = offsets[:, 1].clamp(0, w - crop_w)
-    return torch.stack([cy, cx], 1), (crop_h, crop_w)
 
 
 def crop_groups(roi: torch.Tensor, context: int, align: int) -> list[tuple[torch.Tensor, torch.Tensor, tuple]]:
@@ -144,6 +130,10 @@ class F2PAD(RefiningPostProcessor):
         reestimate: Re-estimate ``n`` with ``β = 0`` inside the final mask (stored in ``last_info["background"]``).
         reestimate_iters: Iterations of the re-estimation.
         pae_epochs: PAE training epochs when ``init="pae"``.
+        pae_channels: PAE encoder widths when ``init="pae"``.
+        prior_pixels: Training pixels sampled to fit the MoG prior.
+        crop_align: ROI crop corners are multiples of this (the host's largest feature stride) when the image
+            size is; keeps the crop's feature grid aligned with the full image's.
         **kwargs: :class:`RefiningPostProcessor` / anomalib ``PostProcessor`` arguments.
     """
 
@@ -174,6 +164,9 @@ class F2PAD(RefiningPostProcessor):
         reestimate: bool = False,
         reestimate_iters: int = 50,
         pae_epochs: int = 20,
+        pae_channels: list[int] | tuple[int, ...] = (32, 64),
+        prior_pixels: int = 20000,
+        crop_align: int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,7 +182,8 @@ class F2PAD(RefiningPostProcessor):
         integers = {"n_components": (n_components, 1), "ks": (ks, 0), "max_iters": (max_iters, 0)}
         integers |= {"check_every": (check_every, 1), "context": (context, 0)}
         integers |= {"num_candidates": (num_candidates, 1), "reestimate_iters": (reestimate_iters, 0)}
-        integers |= {"pae_epochs": (pae_epochs, 0)}
+        integers |= {"pae_epochs": (pae_epochs, 0), "prior_pixels": (prior_pixels, 1), "crop_align": (crop_align, 1)}
+        check_widths(owner, "pae_channels", pae_channels)
         for name, (value, low) in integers.items():
             check_number(owner, name, value, low, integer=True)
         self.alpha1, self.alpha2, self.beta0 = alpha1, alpha2, beta0
@@ -201,34 +195,41 @@ class F2PAD(RefiningPostProcessor):
         self.roi_local, self.context = roi_local, context
         self.num_candidates, self.init = num_candidates, init
         self.reestimate, self.reestimate_iters, self.pae_epochs = reestimate, reestimate_iters, pae_epochs
+        self.pae_channels = [int(c) for c in pae_channels]
+        self.prior_pixels, self.crop_align = prior_pixels, crop_align
         self.register_buffer("mog_means", torch.full((n_components, 3), 0.5))
         self.register_buffer("mog_inv_covs", torch.eye(3).repeat(n_components, 1, 1))
         self.mog_means: torch.Tensor
         self.mog_inv_covs: torch.Tensor
-        self.pae = seeded_module(self.seed, lambda: PaeModel(channels=(32, 64))) if init == "pae" else None
+        self.pae = self._build_pae() if init == "pae" else None
 
     _TUNABLE = (
         "alpha1", "alpha2", "beta0", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step", "gradient_sharing",
         "ks", "sigma0", "sigma1", "clip", "range_weight", "max_iters", "tol", "check_every", "roi_local",
         "context", "num_candidates", "reestimate", "reestimate_iters",
+        "prior_pixels", "crop_align",
     )  # fmt: skip
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
-        return (*super()._checkpoint_config_keys, *self._TUNABLE, "init")
+        return (*super()._checkpoint_config_keys, *self._TUNABLE, "init", "pae_channels")
+
+    def _build_pae(self) -> PaeModel:
+        return seeded_module(self.seed, lambda: PaeModel(channels=self.pae_channels))
 
     def load_checkpoint_config(self, config: dict[str, Any]) -> None:
-        """Restore the configuration; a refiner built with another ``init`` gets the checkpoint's PAE module."""
+        """Restore the configuration; a refiner built with another ``init`` or PAE gets the checkpoint's PAE module."""
         super().load_checkpoint_config(config)
-        if self.init == "pae" and self.pae is None:
-            self.pae = seeded_module(self.seed, lambda: PaeModel(channels=(32, 64)))
+        self.pae_channels = [int(c) for c in self.pae_channels]
+        if self.init == "pae" and (self.pae is None or list(self.pae.channels) != self.pae_channels):
+            self.pae = self._build_pae()
 
     # ------------------------------------------------------------------ prior
     def fit_prior(self, images: torch.Tensor) -> None:
         """Fit the MoG pixel prior on sampled training pixels (and the PAE when ``init="pae"``)."""
         generator = torch.Generator().manual_seed(self.seed)
         pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
-        pick = torch.randperm(len(pixels), generator=generator)[:20000]
+        pick = torch.randperm(len(pixels), generator=generator)[: self.prior_pixels]
         means, inv_covs = fit_mog(pixels[pick], self.n_components, self.seed)
         q = len(means)
         self.mog_means[:q].copy_(means)
@@ -259,7 +260,7 @@ class F2PAD(RefiningPostProcessor):
         x: torch.Tensor,
         region: torch.Tensor,
         beta: torch.Tensor,
-        scorer_loss: callable | None,
+        scorer_loss: Callable[[torch.Tensor], torch.Tensor] | None,
         ln_ref: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (12) per image ``(B,)`` and its ``l_n`` part; ``region`` ``(B, 1, H, W)`` weights the pixel terms."""
@@ -283,7 +284,7 @@ class F2PAD(RefiningPostProcessor):
         n0: torch.Tensor,
         region: torch.Tensor,
         beta: torch.Tensor,
-        scorer_loss: callable | None,
+        scorer_loss: Callable[[torch.Tensor], torch.Tensor] | None,
         ln_ref: torch.Tensor | None,
         max_iters: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,7 +383,7 @@ class F2PAD(RefiningPostProcessor):
             scorer = get_scorer(host_model, num_candidates=self.num_candidates) if self.max_iters > 0 else None
             n0_full = self.initial_background(pixels[todo], dilate(initial_masks[todo], 1), host_maps[todo])
             if self.roi_local and not (scorer is not None and scorer.needs_full_image):
-                groups = crop_groups(roi_full[todo], self.context, align=32)
+                groups = crop_groups(roi_full[todo], self.context, align=self.crop_align)
             else:
                 zeros = torch.zeros(len(todo), 2, dtype=torch.long, device=pixels.device)
                 groups = [(torch.arange(len(todo), device=pixels.device), zeros, (h, w))]
