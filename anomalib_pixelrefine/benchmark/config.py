@@ -313,6 +313,51 @@ PROFILES = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Issue 17 (FeatureEnsemble and Pni against their baselines). Kept in one block to ease merging.
+# Same data as ``realistic`` (128 px, brick/gravel/elpv with synthetic defects + real ELPV defects), synthetic
+# calibration only, ``isolation: none`` (the jobs share one process: fit/inference times stay comparable, the peak RSS
+# column includes the earlier jobs).
+_ISSUE17_DATA = {
+    **_REALISTIC_DATA,
+    "init_args": {**_REALISTIC_DATA["init_args"], "val_split_mode": "synthetic"},
+}
+_ISSUE17_PATCHCORE = _REALISTIC_HOST_SPECS[1]
+
+
+def _pni_variant(name: str, **overrides: Any) -> dict[str, Any]:
+    init_args = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS, **overrides}
+    return {"class_path": "Pni", "name": name, "init_args": init_args}
+
+
+#: What P (position), N (neighbourhood MLP) and R (refinement) each add with real features (lite0), next to PatchCore.
+ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
+    **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
+    "output_dir": "benchmarks/results/issue17_pni_ablation",
+    "isolation": "none",
+    "plots": False,
+    "exclude": [],
+    "benchmark": {
+        "seed": {"grid": [0]},
+        "model": {
+            "grid": [
+                _ISSUE17_PATCHCORE,
+                _pni_variant("Pni_PNR"),  # the realistic profile's Pni
+                _pni_variant("Pni_PN", refine=False),
+                _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
+                _pni_variant("Pni_N", refine=False, use_position=False),
+                # neither: PatchCore's nearest-neighbour map, image score = map maximum
+                _pni_variant("Pni_plain", refine=False, use_neighbourhood=False, use_position=False),
+            ],
+        },
+        "post_processor": "default",
+        "data": _ISSUE17_DATA,
+        "engine": {"max_epochs": 1},
+    },
+}
+PROFILES["issue17_pni_ablation"] = ISSUE17_PNI_ABLATION_PROFILE
+
+
 class BenchmarkConfigError(ValueError):
     """A benchmark configuration that cannot be run (the message names the offending key)."""
 

@@ -144,7 +144,9 @@ def post_processor_name(spec: str | dict[str, Any] | None) -> str:
 
 
 def model_name(spec: str | dict[str, Any]) -> str:
-    """Short label of a model specification."""
+    """Short label of a model specification: its optional ``name`` (variants of one class), else the class name."""
+    if isinstance(spec, dict) and spec.get("name"):
+        return str(spec["name"])
     class_path = spec if isinstance(spec, str) else spec["class_path"]
     return str(class_path).rsplit(".", 1)[-1]
 
