@@ -358,6 +358,47 @@ ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
 PROFILES["issue17_pni_ablation"] = ISSUE17_PNI_ABLATION_PROFILE
 
 
+def _fe_variant(name: str, members: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    layers = {"layers": ["blocks.2", "blocks.4"]}
+    init_args = {"members": [{**member, **layers} for member in members], **overrides}
+    return {"class_path": "FeatureEnsemble", "name": name, "init_args": init_args}
+
+
+#: FeatureEnsemble (memory head, pretrained EfficientNet-Lite members) against each member alone and anomalib's
+#: PatchCore with either member's backbone; the SimpleNet discriminator head once (seed 0, 8 epochs).
+ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
+    **ISSUE17_PNI_ABLATION_PROFILE,
+    "output_dir": "benchmarks/results/issue17_feature_ensemble",
+    "exclude": [
+        {"model": ["FE_lite0", "FE_lite1", "FE_lite0+lite1_disc"], "seed": [1, 2]},
+    ],
+    "benchmark": {
+        "seed": {"grid": [0, 1, 2]},
+        "model": {
+            "grid": [
+                {**_ISSUE17_PATCHCORE, "name": "Patchcore_lite0"},
+                {
+                    "class_path": "Patchcore",
+                    "name": "Patchcore_lite1",
+                    "init_args": {**_ISSUE17_PATCHCORE["init_args"], **_LITE1},
+                },
+                _fe_variant("FE_lite0", [_LITE0]),
+                _fe_variant("FE_lite1", [_LITE1]),
+                _fe_variant("FE_lite0+lite1", [_LITE0, _LITE1]),
+                {
+                    **_fe_variant("FE_lite0+lite1_disc", [_LITE0, _LITE1], head="discriminator", hidden=256),
+                    "engine": {"max_epochs": 8},
+                },
+            ],
+        },
+        "post_processor": "default",
+        "data": _ISSUE17_DATA,
+        "engine": {"max_epochs": 1},
+    },
+}
+PROFILES["issue17_feature_ensemble"] = ISSUE17_FEATURE_ENSEMBLE_PROFILE
+
+
 class BenchmarkConfigError(ValueError):
     """A benchmark configuration that cannot be run (the message names the offending key)."""
 
