@@ -134,7 +134,7 @@ class FeatureEnsembleModel(nn.Module):
             for the individual block.
         patch_size: Local neighbourhood averaged before resizing (1 disables).
         zero_pad: Average the border neighbourhoods with zero padding (PatchCore's ``AvgPool2d(3, 1, 1)``). ``False``
-            averages the in-image values only; measured worse on every realistic set (README).
+            averages the in-image values only: measured lower mean image and pixel AUROC (README).
         head: ``"memory"`` (nearest-neighbour memory bank) or ``"discriminator"`` (SimpleNet).
         coreset_ratio: Memory head: share of the training locations kept in the bank.
         adaptor: Use SimpleNet's feature adaptor.
