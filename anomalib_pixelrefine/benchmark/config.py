@@ -399,6 +399,28 @@ ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
 PROFILES["issue17_feature_ensemble"] = ISSUE17_FEATURE_ENSEMBLE_PROFILE
 
 
+#: Pni without R after the end-of-fit validation fix (the ``Pni_PN``/``N``/``P``/``plain`` rows of
+#: ``issue17_pni_ablation`` were calibrated on an unfinished model), plus a cheaper N (3 MLP epochs).
+ISSUE17_PNI_PROFILE: dict[str, Any] = {
+    **ISSUE17_PNI_ABLATION_PROFILE,
+    "output_dir": "benchmarks/results/issue17_pni",
+    "benchmark": {
+        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        "model": {
+            "grid": [
+                _ISSUE17_PATCHCORE,
+                _pni_variant("Pni_PN", refine=False),
+                _pni_variant("Pni_PN_mlp3", refine=False, mlp_epochs=3),
+                _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
+                _pni_variant("Pni_N", refine=False, use_position=False),
+                _pni_variant("Pni_plain", refine=False, use_neighbourhood=False, use_position=False),
+            ],
+        },
+    },
+}
+PROFILES["issue17_pni"] = ISSUE17_PNI_PROFILE
+
+
 class BenchmarkConfigError(ValueError):
     """A benchmark configuration that cannot be run (the message names the offending key)."""
 
