@@ -59,7 +59,10 @@ def write_configs() -> None:
     for name, profile in PROFILES.items():
         path = CONFIG_DIR / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(HEADERS[name] + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False))
+        header = HEADERS.get(
+            name, f"# Profile {name} of anomalib_pixelrefine/benchmark/config.py (regenerate: --write-configs).\n"
+        )
+        path.write_text(header + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False))
         print(f"wrote {path}")
 
 
