@@ -448,3 +448,28 @@ def test_engine_fit_test_predict_checkpoint_export(tiny_mvtec_root, tmp_path, mo
     inferencer = TorchInferencer(path=exported, device="cpu")
     prediction = inferencer.predict(image[:1])
     torch.testing.assert_close(prediction.anomaly_map.reshape(-1), reference.anomaly_map[:1].reshape(-1))
+
+
+@pytest.mark.parametrize("use_neighbourhood", [True, False])
+def test_post_processor_calibrates_on_the_finished_model_without_refinement(
+    tiny_mvtec_root, tmp_path, use_neighbourhood
+):
+    """Validation at the end of the last epoch sees the complete model (memory built, score range recorded).
+
+    Lightning validates before ``on_train_epoch_end``; without refinement the last epoch is the one that builds the
+    memory or records the score range, so the post-processor used to calibrate on an unfinished model (no maps, or
+    maps on another scale, which clamped the test maps to a constant).
+    """
+    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    args = {**TINY, "refine": False, "use_neighbourhood": use_neighbourhood}
+    model = Pni(**args, pre_processor=Pni.configure_pre_processor((32, 32)))
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    engine.fit(model, datamodule=datamodule)
+    model.eval()
+    with torch.no_grad():
+        maps = torch.cat(
+            [model.model(model.pre_processor.transform(b.image)).anomaly_map for b in datamodule.val_dataloader()]
+        )
+    assert torch.isfinite(model.post_processor.pixel_threshold)
+    torch.testing.assert_close(model.post_processor.pixel_max, maps.max())
+    torch.testing.assert_close(model.post_processor.pixel_min, maps.min())

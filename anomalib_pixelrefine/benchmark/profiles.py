@@ -146,8 +146,10 @@ FULL_PROFILE: dict[str, Any] = {
     },
 }
 
-#: Pni settings that train in minutes on a 2-core CPU (smaller coreset, distribution and networks than the paper's);
-#: shared by the demo and the realistic benchmark.
+#: Pni settings that train in seconds on a 2-core CPU (smaller coreset, distribution and networks than the paper's);
+#: shared by the demo and the realistic benchmark. Issue 17 (benchmarks/results/issue17_pni): with pretrained lite0
+#: the refinement R added at most +0.001 pixel AUROC and +0.008 best Dice for 10-18x PatchCore's fit time, so it is
+#: off here, and N is trained 3 epochs (8 gave the same maps).
 PNI_CPU_ARGS: dict[str, Any] = {
     "coreset_ratio": 0.1,
     "distribution_size": 256,
@@ -155,7 +157,8 @@ PNI_CPU_ARGS: dict[str, Any] = {
     "mlp_layers": 3,
     "mlp_width": 256,
     "mlp_channels": 32,
-    "mlp_epochs": 8,
+    "mlp_epochs": 3,
+    "refine": False,
     "refine_epochs": 15,
     "refine_channels": [8, 16, 32],
 }
@@ -451,6 +454,132 @@ DATA_DEFAULT_PROFILE = _method_profile(
     image_size=128,
 )
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Issue 17 (FeatureEnsemble and Pni against their baselines). Kept in one block to ease merging.
+# Same data as ``realistic`` (128 px, brick/gravel/elpv with synthetic defects + real ELPV defects), synthetic
+# calibration only, ``isolation: none`` (the jobs share one process: fit/inference times stay comparable, the peak RSS
+# column includes the earlier jobs).
+_ISSUE17_DATA = {
+    **_REALISTIC_DATA,
+    "init_args": {**_REALISTIC_DATA["init_args"], "val_split_mode": "synthetic"},
+}
+_ISSUE17_PATCHCORE = _REALISTIC_HOST_SPECS[1]
+
+
+# The Pni settings the ablation measured (PNI_CPU_ARGS before issue 17: R on, 8 MLP epochs).
+_PNI_ISSUE17_BASE = {**PNI_CPU_ARGS, "mlp_epochs": 8, "refine": True}
+
+
+def _pni_variant(name: str, **overrides: Any) -> dict[str, Any]:
+    init_args = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ISSUE17_BASE, **overrides}
+    return {"class_path": "Pni", "name": name, "init_args": init_args}
+
+
+#: What P (position), N (neighbourhood MLP) and R (refinement) each add with real features (lite0), next to PatchCore.
+ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
+    **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
+    "output_dir": "benchmarks/results/issue17_pni_ablation",
+    "isolation": "none",
+    "plots": False,
+    "exclude": [],
+    "benchmark": {
+        "seed": {"grid": [0]},
+        "model": {
+            "grid": [
+                _ISSUE17_PATCHCORE,
+                _pni_variant("Pni_PNR"),  # the realistic profile's Pni
+                _pni_variant("Pni_PN", refine=False),
+                _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
+                _pni_variant("Pni_N", refine=False, use_position=False),
+                # neither: PatchCore's nearest-neighbour map, image score = map maximum
+                _pni_variant("Pni_plain", refine=False, use_neighbourhood=False, use_position=False),
+            ],
+        },
+        "post_processor": "default",
+        "data": _ISSUE17_DATA,
+        "engine": {"max_epochs": 1},
+    },
+}
+
+
+def _fe_variant(name: str, members: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    layers = {"layers": ["blocks.2", "blocks.4"]}
+    init_args = {"members": [{**member, **layers} for member in members], **overrides}
+    return {"class_path": "FeatureEnsemble", "name": name, "init_args": init_args}
+
+
+#: FeatureEnsemble (memory head, pretrained EfficientNet-Lite members) against each member alone and anomalib's
+#: PatchCore with either member's backbone; the SimpleNet discriminator head once (seed 0, 8 epochs).
+ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
+    **ISSUE17_PNI_ABLATION_PROFILE,
+    "output_dir": "benchmarks/results/issue17_feature_ensemble",
+    "exclude": [
+        {"model": ["FE_lite0", "FE_lite1", "FE_lite0+lite1_disc"], "seed": [1, 2]},
+    ],
+    "benchmark": {
+        "seed": {"grid": [0, 1, 2]},
+        "model": {
+            "grid": [
+                {**_ISSUE17_PATCHCORE, "name": "Patchcore_lite0"},
+                {
+                    "class_path": "Patchcore",
+                    "name": "Patchcore_lite1",
+                    "init_args": {**_ISSUE17_PATCHCORE["init_args"], **_LITE1},
+                },
+                _fe_variant("FE_lite0", [_LITE0]),
+                _fe_variant("FE_lite1", [_LITE1]),
+                _fe_variant("FE_lite0+lite1", [_LITE0, _LITE1]),
+                {
+                    **_fe_variant("FE_lite0+lite1_disc", [_LITE0, _LITE1], head="discriminator", hidden=256),
+                    "engine": {"max_epochs": 8},
+                },
+            ],
+        },
+        "post_processor": "default",
+        "data": _ISSUE17_DATA,
+        "engine": {"max_epochs": 1},
+    },
+}
+
+
+#: Pni without R after the end-of-fit validation fix (the ``Pni_PN``/``N``/``P``/``plain`` rows of
+#: ``issue17_pni_ablation`` were calibrated on an unfinished model), plus a cheaper N (3 MLP epochs).
+ISSUE17_PNI_PROFILE: dict[str, Any] = {
+    **ISSUE17_PNI_ABLATION_PROFILE,
+    "output_dir": "benchmarks/results/issue17_pni",
+    "benchmark": {
+        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        "model": {
+            "grid": [
+                _ISSUE17_PATCHCORE,
+                _pni_variant("Pni_PN", refine=False),
+                _pni_variant("Pni_PN_mlp3", refine=False, mlp_epochs=3),
+                _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
+                _pni_variant("Pni_N", refine=False, use_position=False),
+                _pni_variant("Pni_plain", refine=False, use_neighbourhood=False, use_position=False),
+            ],
+        },
+    },
+}
+
+
+#: The Pni CPU settings chosen from the ablation (PNI_CPU_ARGS: P + N, no R) against PatchCore, 3 seeds.
+ISSUE17_PNI_SEEDS_PROFILE: dict[str, Any] = {
+    **ISSUE17_PNI_ABLATION_PROFILE,
+    "output_dir": "benchmarks/results/issue17_pni_seeds",
+    "benchmark": {
+        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        "seed": {"grid": [0, 1, 2]},
+        "model": {
+            "grid": [
+                _ISSUE17_PATCHCORE,
+                {"class_path": "Pni", "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS}},
+            ],
+        },
+    },
+}
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": QUICK_PROFILE,
     "full": FULL_PROFILE,
@@ -463,6 +592,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "pae": PAE_PROFILE,
     "pae_capacity": PAE_CAPACITY_PROFILE,
     "data_default": DATA_DEFAULT_PROFILE,
+    "issue17_pni_ablation": ISSUE17_PNI_ABLATION_PROFILE,
+    "issue17_feature_ensemble": ISSUE17_FEATURE_ENSEMBLE_PROFILE,
+    "issue17_pni": ISSUE17_PNI_PROFILE,
+    "issue17_pni_seeds": ISSUE17_PNI_SEEDS_PROFILE,
 }
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
@@ -496,4 +629,9 @@ PatchCore alone and with the PAEDID refiner.""",
     "pae_capacity": """PAEDID capacity: autoencoder widths and epochs on gravel cracks.""",
     "data_default": """Embedded data build time (metadata data_build_s; 0 when cached) and anomalib PaDiM (random
 resnet18) on it at the data's default sizes.""",
+    "issue17_pni_ablation": """Issue 17: what Pni's P, N and R each add with pretrained lite0, next to PatchCore.""",
+    "issue17_feature_ensemble": """Issue 17: FeatureEnsemble (memory head, lite0 + lite1) vs each member alone and
+PatchCore with either backbone, 3 seeds.""",
+    "issue17_pni": """Issue 17: Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
+    "issue17_pni_seeds": """Issue 17: the Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
 }

@@ -1,11 +1,13 @@
-"""FeatureEnsemble: feature-level ensemble of backbones / anomalib feature extractors with a SimpleNet head.
+"""FeatureEnsemble: feature-level ensemble of backbones / anomalib feature extractors, memory-bank or SimpleNet head.
 
 Training (one-class, normal images only):
 
-1. ``setup("fit")`` fits the PCA transformation block on the training features (one pass, batched covariance) and
-   builds the discriminator head(s) to the resulting size, before the optimizer is created.
-2. Each training batch: features are extracted once, then the head is trained for ``steps_per_batch`` Adam steps
-   against fresh Gaussian-noise fakes (SimpleNet's truncated L1 loss).
+1. ``setup("fit")`` fits the transformation block on the training features (one pass, batched statistics) and
+   builds the head(s) to the resulting size, before the optimizer is created.
+2. ``head="memory"`` (default; anomalib's ``MemoryBankMixin`` flow, one epoch as PatchCore): the transformed features
+   of every training batch are collected; at the end of the epoch each head keeps a k-center greedy coreset of them.
+   ``head="discriminator"``: each training batch's features are extracted once, then the head is trained for
+   ``steps_per_batch`` Adam steps against fresh Gaussian-noise fakes (SimpleNet's truncated L1 loss).
 3. ``mode="output"``: before each validation (and at the end of training) the per-member maps are calibrated on the
    clean training images.
 
@@ -13,9 +15,9 @@ Example:
     >>> from anomalib.engine import Engine
 from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsemble
     >>> model = FeatureEnsemble(members=[
-    ...     {"backbone": "resnet18", "layers": ["layer2", "layer3"]},
-    ...     {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"]},
-    ... ], block="global", n_components=0.95)
+    ...     {"backbone": "tf_efficientnet_lite0", "layers": ["blocks.2", "blocks.4"]},
+    ...     {"backbone": "tf_efficientnet_lite1", "layers": ["blocks.2", "blocks.4"]},
+    ... ], head="memory")
     >>> Engine().fit(model, datamodule=datamodule)  # doctest: +SKIP
 """
 
@@ -27,7 +29,7 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
@@ -42,14 +44,15 @@ from .torch_model import FeatureEnsembleModel
 
 logger = logging.getLogger(__name__)
 
+#: Pretrained EfficientNet-Lite0 and -Lite1 (ImageNet weights offline: ``pixelrefine weights``), strides 8 and 16.
 DEFAULT_MEMBERS: list[dict[str, Any]] = [
-    {"backbone": "resnet18", "layers": ["layer2", "layer3"]},
-    {"backbone": "efficientnet_b0", "layers": ["blocks.2", "blocks.4"]},
+    {"backbone": "tf_efficientnet_lite0", "layers": ["blocks.2", "blocks.4"]},
+    {"backbone": "tf_efficientnet_lite1", "layers": ["blocks.2", "blocks.4"]},
 ]
 
 
-class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
-    """Feature-level ensemble anomaly model (PCA transformation block + SimpleNet discriminator).
+class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModule):
+    """Feature-level ensemble anomaly model (transformation block + memory-bank or SimpleNet discriminator head).
 
     Args:
         members: Ensemble members as plain dicts (CLI/checkpoint friendly):
@@ -57,18 +60,23 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
             ``{"checkpoint": <path.ckpt>, "model": "Patchcore" | "Padim" | "Pae" | <import path>, "layers": None}``.
             Programmatically also ``nn.Module`` feature extractors (returning a tensor, list or dict of
             ``(B, C, h, w)`` maps); those are not stored in the checkpoint hyper-parameters, so pass ``members=`` again
-            to ``load_from_checkpoint``. Default: resnet18 (layer2, layer3) + efficientnet_b0 (blocks.2, blocks.4).
+            to ``load_from_checkpoint``. Default: pretrained tf_efficientnet_lite0 + tf_efficientnet_lite1
+            (blocks.2, blocks.4).
         mode: ``"feature"`` (feature-level ensemble) or ``"output"`` (baseline: one head per member, calibrated maps
             averaged).
-        block: Transformation block ``"global"`` (concat then PCA), ``"individual"`` (PCA per member then concat) or
-            ``"none"``.
+        block: Transformation block ``"none"`` (each member scaled to unit mean channel variance, then concat;
+            default), ``"global"`` (concat then PCA) or ``"individual"`` (PCA per member then concat).
         n_components: PCA size: int number of maps or float explained-variance share in ``(0, 1]``.
         patch_size: Local average over ``patch_size x patch_size`` feature neighbourhoods (1 disables).
-        adaptor: Use SimpleNet's feature adaptor.
+        zero_pad: Zero-padded border averages, as PatchCore (measured higher mean image and pixel AUROC, README).
+        head: ``"memory"`` (PatchCore-like nearest-neighbour memory bank; default) or ``"discriminator"``
+            (SimpleNet).
+        coreset_ratio: Memory head: share of the training locations kept (k-center greedy coreset).
+        adaptor: Discriminator: use SimpleNet's feature adaptor (off by default: measured no better).
         hidden: Discriminator hidden width.
-        noise_std: Std of the Gaussian feature noise. The block scales features to unit mean channel variance, so
-            this is relative to the feature spread (SimpleNet's 0.015 refers to unscaled features and trained
-            markedly worse in our benchmark).
+        noise_std: Discriminator: std of the Gaussian feature noise. The block scales features to unit mean channel
+            variance, so this is relative to the feature spread (``0.1`` left the head almost untrained in a CPU
+            budget and inverted maps; SimpleNet's 0.015 refers to unscaled features).
         margin: SimpleNet's truncation threshold ``th``.
         sigma: Gaussian smoothing of the upsampled anomaly map.
         lr: Adam learning rate of the discriminator (SimpleNet: 2e-4 over 160 epochs; the larger default converges
@@ -87,12 +95,15 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         self,
         members: Sequence[dict[str, Any] | nn.Module] | None = None,
         mode: str = "feature",
-        block: str = "global",
+        block: str = "none",
         n_components: int | float = 0.95,
         patch_size: int = 3,
-        adaptor: bool = True,
+        zero_pad: bool = True,
+        head: str = "memory",
+        coreset_ratio: float = 0.1,
+        adaptor: bool = False,
         hidden: int = 1024,
-        noise_std: float = 0.1,
+        noise_std: float = 1.0,
         margin: float = 0.5,
         sigma: float = 4.0,
         lr: float = 1e-3,
@@ -127,6 +138,9 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
             block=block,
             n_components=n_components,
             patch_size=patch_size,
+            zero_pad=zero_pad,
+            head=head,
+            coreset_ratio=coreset_ratio,
             adaptor=adaptor,
             hidden=hidden,
             noise_std=noise_std,
@@ -137,8 +151,11 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         self.adaptor_lr = adaptor_lr
         self.weight_decay = weight_decay
         self.steps_per_batch = steps_per_batch
-        self.automatic_optimization = False  # several discriminator steps per extracted batch (SimpleNet)
+        # Discriminator: several steps per extracted batch (SimpleNet, manual optimisation). Memory head: no optimiser;
+        # Lightning's automatic loop with a dummy loss counts the steps (checkpointing), as anomalib's PatchCore.
+        self.automatic_optimization = head == "memory"
         self._calibration_stale = False
+        self._embeddings: list[list[torch.Tensor]] = []  # memory head: transformed training features per batch
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -174,9 +191,11 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         self.model.fit_transforms(self._train_images())
         logger.info("FeatureEnsemble transformation block fitted: head input channels %s", self.model.head_channels())
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over the discriminators (SimpleNet lr / weight decay) and the adaptors (own lr)."""
-        if not self.model.is_fitted:
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        """Adam over the discriminators (SimpleNet lr / weight decay) and the adaptors (own lr); none for memory."""
+        if self.model.head == "memory":
+            return None
+        if not self.model.heads:
             msg = "FeatureEnsemble heads are built in setup('fit'); train it with Engine.fit / Trainer.fit"
             raise RuntimeError(msg)
         discriminators = [p for head in self.model.heads for p in head.discriminator.parameters()]
@@ -188,8 +207,13 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Extract features once, then ``steps_per_batch`` discriminator updates with fresh noise."""
+        """Memory head: collect the transformed features. Discriminator: ``steps_per_batch`` updates, fresh noise."""
         del args, kwargs
+        if self.model.head == "memory":
+            with torch.no_grad():
+                self._embeddings.append([f.detach() for f in self.model.transformed_features(batch.image)])
+            self._calibration_stale = self.model.mode == "output"
+            return torch.tensor(0.0, requires_grad=True, device=self.device)  # dummy loss (PatchCore)
         optimizer = self.optimizers()
         with torch.no_grad():
             features = self.model.transformed_features(batch.image)
@@ -203,6 +227,18 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         self.log_dict({f"train_{k}": v for k, v in stats.items()}, on_epoch=True, logger=True)
         return {"loss": loss.detach()}
 
+    def fit(self) -> None:
+        """Memory head: build each head's coreset bank from the collected features (``MemoryBankMixin``)."""
+        if self.model.head != "memory":
+            return
+        if not self._embeddings:
+            msg = "FeatureEnsemble got no training batches to build its memory bank"
+            raise RuntimeError(msg)
+        per_head = [torch.cat(parts) for parts in zip(*self._embeddings, strict=True)]
+        self._embeddings = []
+        self.model.fit_memory(per_head)
+        logger.info("FeatureEnsemble memory banks: %s entries", [h.memory_bank.shape[0] for h in self.model.heads])
+
     def _calibrate_if_needed(self) -> None:
         if self._calibration_stale:
             was_training = self.model.training
@@ -212,7 +248,8 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
             self._calibration_stale = False
 
     def on_validation_start(self) -> None:
-        """Output mode: calibrate the member maps on the training images before validating."""
+        """Build the memory bank if needed (``MemoryBankMixin``), then, output mode: calibrate the member maps."""
+        super().on_validation_start()
         self._calibrate_if_needed()
 
     def on_train_end(self) -> None:
@@ -227,8 +264,11 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (manual optimisation) and no sanity validation before the block is fitted."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        """No gradient clipping (manual optimisation), no sanity validation before the block is fit; memory: 1 epoch."""
+        arguments: dict[str, Any] = {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        if self.model.head == "memory":
+            arguments["max_epochs"] = 1
+        return arguments
 
     @property
     def learning_type(self) -> LearningType:

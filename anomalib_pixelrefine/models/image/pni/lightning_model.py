@@ -36,6 +36,7 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
@@ -271,6 +272,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         self._defect_counter = 0
         self._features: list[torch.Tensor | list[torch.Tensor]] = []
         self._filled = 0
+        self._memory_built = False
         self._targets: list[torch.Tensor] = []
         self._padded: list[torch.Tensor] = []
         self._sampler = torch.Generator().manual_seed(seed)
@@ -346,6 +348,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         if phase == "collect":
             if self._filled == 0:  # first batch: fail before any work if the refinement cannot run
                 check_image_size(tuple(batch.image.shape[-2:]), self.refine_epochs > 0, self.sigma)
+                self._memory_built = False
             self._collect(batch.image)
             return None
         if phase == "mlp":
@@ -375,20 +378,36 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         except (AttributeError, TypeError):
             return None
 
-    def on_train_epoch_end(self) -> None:
-        """End of a phase: build the memory after epoch 0; step the LR; finish the MLP phase."""
+    def _end_phase(self) -> None:
+        """Build the memory after the collection epoch and record the score range after the last MLP epoch (once).
+
+        Called from ``on_validation_start`` too: Lightning validates at the end of the last epoch *before*
+        ``on_train_epoch_end``, so without it the post-processor would calibrate on an unfinished model (no memory
+        when ``N`` and ``R`` are off; un-normalised maps when only ``R`` is off, so the test maps were clamped to a
+        constant).
+        """
         phase = self._phase()
-        if phase == "collect":
+        if phase == "collect" and self._filled and not self._memory_built:
             self._build_memory()
+            self._memory_built = True
             if not self.mlp_epochs:
                 self._finish_memory()
-        elif phase == "mlp":
+        elif phase == "mlp" and self.current_epoch == self.mlp_epochs and self._features:
+            self._finish_memory()
+
+    def on_validation_start(self) -> None:
+        """Finish the current phase if validation comes at its end (see :meth:`_end_phase`)."""
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._end_phase()
+
+    def on_train_epoch_end(self) -> None:
+        """End of a phase: build the memory after epoch 0; step the LR; finish the MLP phase."""
+        if self._phase() == "mlp":
             schedulers = self.lr_schedulers()
             schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
             for scheduler in schedulers:
                 scheduler.step()
-            if self.current_epoch == self.mlp_epochs:
-                self._finish_memory()
+        self._end_phase()
 
     def _build_memory(self) -> None:
         features = [f if isinstance(f, torch.Tensor) else torch.cat(f) for f in self._features]
