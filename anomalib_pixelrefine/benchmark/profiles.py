@@ -19,6 +19,7 @@ __all__ = [
     "QUICK_PROFILE",
     "REALISTIC_PROFILE",
     "REALISTIC_REFINERS_PROFILE",
+    "REFINER_SPEED_224_PROFILE",
 ]
 
 _RESNET18 = {"backbone": "resnet18", "pre_trained": False}
@@ -273,6 +274,31 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     },
 }
 
+
+#: Refiner cost at 224 px (issue 16's speed target: <= 1 s per 224 px image, fit <= 2x the host's): PaDiM and
+#: PatchCore (lite0) alone, with F2PAD and with ``f2pad_inpaint``, brick only; one process (times comparable).
+REFINER_SPEED_224_PROFILE: dict[str, Any] = {
+    **REALISTIC_REFINERS_PROFILE,
+    "output_dir": "benchmarks/results/refiner_speed_224",
+    "image_size": 224,
+    "isolation": "none",
+    "plots": False,
+    "benchmark": {
+        **REALISTIC_REFINERS_PROFILE["benchmark"],
+        "model": {"grid": _REALISTIC_HOST_SPECS},
+        "post_processor": {"grid": REALISTIC_REFINERS_PROFILE["benchmark"]["post_processor"]["grid"][:3]},
+        "data": {
+            **_REALISTIC_DATA,
+            "init_args": {
+                **_REALISTIC_DATA["init_args"],
+                "category": "brick",
+                "image_size": 224,
+                "root": "./datasets/pixelrefine_realistic_224",
+                "val_split_mode": "synthetic",
+            },
+        },
+    },
+}
 
 # --------------------------------------------------------------------------------------------- method profiles
 # Reduced sizes for a shared 2-core CPU (64 px, 16 training images, one seed); raise them where time allows. Every
@@ -585,6 +611,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": FULL_PROFILE,
     "realistic": REALISTIC_PROFILE,
     "realistic_refiners": REALISTIC_REFINERS_PROFILE,
+    "refiner_speed_224": REFINER_SPEED_224_PROFILE,
     "f2pad": F2PAD_PROFILE,
     "pni": PNI_PROFILE,
     "pni_coreset_noise": PNI_CORESET_NOISE_PROFILE,
@@ -634,4 +661,5 @@ resnet18) on it at the data's default sizes.""",
 PatchCore with either backbone, 3 seeds.""",
     "issue17_pni": """Issue 17: Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
     "issue17_pni_seeds": """Issue 17: the Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
+    "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone, + F2PAD, + f2pad_inpaint (brick).""",
 }
