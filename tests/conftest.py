@@ -6,14 +6,28 @@ and ``crack`` with exact masks). Use ``MVTecAD(root=tiny_mvtec_root, category=TI
 ``default_datamodule(tiny_mvtec_path)``.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from anomalib_pixelrefine.data import build_default_benchmark
 
 TINY_CATEGORY = "gravel"
 TINY_IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for a test module: on the shared 2-core box, two contending OpenMP threads are far slower.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from anomalib_pixelrefine.models.components import greedy_coreset
 from anomalib_pixelrefine.models.image.pni import Pni, PniModel, PniScorer, position_histogram, refinement_loss
 from anomalib_pixelrefine.models.image.pni import torch_model as pni_torch
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TINY = {
     "backbone": "resnet18",
     "pre_trained": False,
@@ -26,15 +28,6 @@ TINY = {
     "refine_epochs": 1,
     "refine_channels": [8, 16],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test box is shared; one intra-op thread is much faster than two contending ones.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ from conftest import TINY_CATEGORY, TINY_IMAGE_SIZE
 from anomalib_pixelrefine.models import FeatureEnsemble, Pae, Pni
 from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SIZE = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
 ATOL = 1e-4  # exported vs torch outputs, in the model's units
 # Pae's decomposition starts with an Adam step ``lr g / (|g| + 1e-8)``: where the SSIM gradient is below float32
@@ -133,15 +135,6 @@ def _param(case: str, *values: Any) -> Any:
     key = (case, *values) if values else (case, "fit")
     fast = key in FAST or (not values and case in {"pae", "pni", "feature_ensemble", "patchcore_f2pad"})
     return pytest.param(case, *values, marks=() if fast else pytest.mark.slow, id="-".join(map(str, (case, *values))))
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread (shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

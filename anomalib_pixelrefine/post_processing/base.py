@@ -77,6 +77,13 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
 
 
+def _at_size(maps: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """``(B, 1, h, w)`` maps resized (bilinear) to ``size`` when they differ."""
+    if maps.shape[-2:] == size:
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
 def _wire_refiner(parent: nn.Module, name: str, submodule: nn.Module | None) -> None:
     """Global module-registration hook: hook a refiner onto its host model when both sit in one AnomalibModule."""
     if not isinstance(parent, AnomalibModule) or name not in {"model", "post_processor"}:
@@ -384,10 +391,7 @@ class RefiningPostProcessor(PostProcessor):
         """Raw host anomaly maps ``(B, 1, H, W)`` of images ``pixels`` in ``[0, 1]`` (one batched forward)."""
         with torch.no_grad():
             maps = host_model(self.to_input(pixels)).anomaly_map
-        maps = maps.reshape(len(pixels), 1, *maps.shape[-2:]).float()
-        if maps.shape[-2:] != pixels.shape[-2:]:
-            maps = F.interpolate(maps, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
-        return maps
+        return _at_size(maps.reshape(len(pixels), 1, *maps.shape[-2:]).float(), pixels.shape[-2:])
 
     def host_unit_maps(
         self,
@@ -455,9 +459,7 @@ class RefiningPostProcessor(PostProcessor):
         with torch.inference_mode(False), torch.enable_grad():
             # Clones leave inference mode (inference tensors cannot be saved for backward).
             images = images.detach().clone().float()
-            maps = host_maps.detach().clone().float()
-            if maps.shape[-2:] != images.shape[-2:]:
-                maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            maps = _at_size(host_maps.detach().clone().float(), images.shape[-2:])
             was_training = host_model.training
             host_model.eval()
             try:
@@ -468,8 +470,7 @@ class RefiningPostProcessor(PostProcessor):
                 host_model.train(was_training)
                 self.__dict__.pop("_captured", None)  # the scorer's own host calls are not inputs to refine
         self.refined_images += len(refined)
-        if refined.shape[-2:] != input_shape[-2:]:
-            refined = F.interpolate(refined, size=input_shape[-2:], mode="bilinear", align_corners=False)
+        refined = _at_size(refined, input_shape[-2:])
         return refined.detach().reshape(input_shape)
 
     def binarise(self, refined: torch.Tensor) -> torch.Tensor:
