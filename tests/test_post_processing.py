@@ -21,6 +21,8 @@ from anomalib_pixelrefine.post_processing.f2pad import crop_extents, crop_groups
 from anomalib_pixelrefine.post_processing.optim import (
     PixelAdan,
     bilateral_weights,
+    exemplar_fill,
+    inpaint,
     log_sparsity,
     mog_prior,
     range_penalty,
@@ -235,7 +237,7 @@ def test_planted_colour_square_recovered() -> None:
     gt = torch.zeros(1, 1, size, size, dtype=torch.bool)
     gt[..., 14:30, 18:32] = True
     image = torch.where(gt, torch.tensor([0.9, 0.1, 0.6]).view(1, 3, 1, 1), image)
-    refiner = _refiner(max_iters=40, num_candidates=10, output="pixel")
+    refiner = _refiner(max_iters=40, num_candidates=10, output="pixel", init="inpaint")
     refiner.fit_prior(train)
     refiner.prior_fitted.fill_(True)
     # Initial host mask: a coarse, too large box around the defect (as a low-resolution host gives).
@@ -258,15 +260,18 @@ def _planted_scratch(size: int) -> tuple[torch.Tensor, torch.Tensor, PatchcoreMo
     return train, torch.where(gt, torch.tensor(0.05), image), host, gt
 
 
-@pytest.mark.parametrize(("max_iters", "min_dice"), [(0, 0.6), (20, 0.85)])
-def test_host_unit_output_sharpens_the_host_mask(max_iters: int, min_dice: float) -> None:
+@pytest.mark.parametrize(
+    ("init", "max_iters", "min_dice"), [("exemplar", 0, 0.45), ("inpaint", 0, 0.6), ("inpaint", 20, 0.85)]
+)
+def test_host_unit_output_sharpens_the_host_mask(init: str, max_iters: int, min_dice: float) -> None:
     """Default output: the host's own map and threshold, sharpened to the scratch; outside the ROI unchanged.
 
-    Measured (host mask Dice 0.21): inpainting alone 0.68 (the Telea fill smears the support), 20 steps 0.95.
+    Measured (host mask Dice 0.21): exemplar background alone 0.49 (8 brick tiles of 48 px: their windows do not
+    continue this tile's mortar lines), Telea inpainting alone 0.68, 20 steps from Telea 0.95.
     """
     size = 48
     train, image, host, gt = _planted_scratch(size)
-    refiner = _refiner(max_iters=max_iters, num_candidates=10)
+    refiner = _refiner(max_iters=max_iters, num_candidates=10, init=init)
     refiner.fit_prior(train)
     refiner.prior_fitted.fill_(True)
     inputs = (image - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
@@ -328,16 +333,32 @@ def fitted(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return engine, model, datamodule, root
 
 
-def test_engine_fit_calibrates_on_refined_maps(fitted: tuple) -> None:
+def test_engine_fit_calibrates_host_unit_maps_with_the_host_threshold(fitted: tuple) -> None:
     _, model, _, _ = fitted
     refiner = model.post_processor
     assert bool(refiner.prior_fitted)
     assert torch.isfinite(refiner.host_pixel_threshold)
-    assert torch.isfinite(refiner._pixel_threshold)
-    # Refined maps are ||x - n|| in [0, sqrt(3)], host PatchCore distances are not: distinct calibrations.
-    assert refiner._pixel_threshold.item() < 2.0
-    assert refiner._pixel_threshold.item() != pytest.approx(refiner.host_pixel_threshold.item())
+    # Host-unit output: the deployed pixel threshold is the host's own (validation is not refined).
+    assert refiner._pixel_threshold.item() == pytest.approx(refiner.host_pixel_threshold.item())
     assert torch.allclose(refiner.pixel_std, STD)
+
+
+def test_pixel_output_calibrates_on_refined_maps(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    model = Padim(
+        backbone="resnet18",
+        layers=["layer1", "layer2"],
+        pre_trained=False,
+        n_features=20,
+        pre_processor=Padim.configure_pre_processor(image_size=(32, 32)),
+        post_processor=F2PAD(max_iters=2, output="pixel"),
+    )
+    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=tmp_path)
+    engine.fit(model, datamodule=datamodule)
+    refiner = model.post_processor
+    # Refined maps are ||x - n|| in [0, sqrt(3)], host PaDiM distances are not: distinct calibrations.
+    assert 0 < refiner._pixel_threshold.item() < 2.0
+    assert refiner._pixel_threshold.item() != pytest.approx(refiner.host_pixel_threshold.item())
 
 
 def test_engine_test_and_predict_refine_every_image(fitted: tuple) -> None:
@@ -446,6 +467,45 @@ def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None
     maps = torch.cat([batch.anomaly_map.flatten(1) for batch in predictions])
     assert torch.isfinite(maps).all()
     assert maps.max() > 0
+
+
+def _periodic(shift_y: torch.Tensor, shift_x: torch.Tensor, size: int = 40) -> torch.Tensor:
+    """2-D periodic colour pattern (periods 7 and 5 px) with the given phase shifts -> ``(B, 3, size, size)``."""
+    ys = torch.arange(size).view(1, -1, 1) + shift_y.view(-1, 1, 1)
+    xs = torch.arange(size).view(1, 1, -1) + shift_x.view(-1, 1, 1)
+    grey = 0.5 + 0.25 * torch.sin(2 * torch.pi * xs / 7) + 0.2 * torch.sin(2 * torch.pi * ys / 5)
+    return torch.stack([grey, grey * 0.8, 1 - grey], 1)
+
+
+def test_exemplar_fill_continues_the_texture_where_telea_smears() -> None:
+    gen = torch.Generator().manual_seed(0)
+    bank = _periodic(torch.randint(0, 35, (6,), generator=gen), torch.randint(0, 35, (6,), generator=gen))
+    clean = _periodic(torch.tensor([3, 11]), torch.tensor([4, 2]))
+    mask = torch.zeros(2, 1, 40, 40, dtype=torch.bool)
+    mask[0, :, 12:28, 10:26] = True  # a large square
+    image = torch.where(mask, torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1), clean)
+    filled = exemplar_fill(image, mask, bank)
+    telea = inpaint(image, mask)
+    inside = mask[0].expand(3, -1, -1)
+    exemplar_error = (filled[0] - clean[0])[inside].abs().mean()
+    telea_error = (telea[0] - clean[0])[inside].abs().mean()
+    assert exemplar_error < 0.02 < 0.05 < telea_error
+    assert torch.equal(filled[~mask.expand_as(filled)], image[~mask.expand_as(image)])  # known pixels and image 1
+    # No known pixel around the mask: Telea's fallback, not an error.
+    full = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+    assert torch.isfinite(exemplar_fill(image[:1], full, bank)).all()
+
+
+def test_exemplar_initialisation_keeps_training_images_through_a_checkpoint() -> None:
+    train = _texture_tiles(6, 32, seed=0)
+    refiner = _refiner(init="exemplar", num_exemplars=4)
+    with pytest.raises(RuntimeError, match="no stored training images"):
+        refiner.initial_background(train[:1], torch.ones(1, 1, 32, 32, dtype=torch.bool), torch.zeros(1, 1, 32, 32))
+    refiner.fit_prior(train)
+    assert refiner.exemplars.shape == (4, 3, 32, 32)
+    fresh = F2PAD(init="exemplar")
+    fresh.load_state_dict(refiner.state_dict())
+    assert torch.equal(fresh.exemplars, refiner.exemplars)
 
 
 def test_pae_initialisation_fills_only_the_mask() -> None:
