@@ -466,3 +466,9 @@ def test_post_processor_calibrates_on_the_finished_model_without_refinement(
     assert torch.isfinite(model.post_processor.pixel_threshold)
     torch.testing.assert_close(model.post_processor.pixel_max, maps.max())
     torch.testing.assert_close(model.post_processor.pixel_min, maps.min())
+    # Both phase-end fits ran once; a later validation (outside fitting) refits nothing.
+    assert not model.fit_pending
+    score_range = model.model.scorers[0].score_range.clone()
+    engine.validate(model, datamodule=datamodule)
+    assert not model.fit_pending
+    torch.testing.assert_close(model.model.scorers[0].score_range, score_range)

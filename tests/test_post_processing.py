@@ -15,6 +15,8 @@ from anomalib.models.image.padim.torch_model import PadimModel
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
+from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
+from anomalib_pixelrefine.models.image.pni import PniModel
 from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner, get_scorer, register_scorer
 from anomalib_pixelrefine.post_processing.base import dilate
 from anomalib_pixelrefine.post_processing.f2pad import crop_extents, crop_groups, gather_crops, scatter_crops
@@ -134,6 +136,70 @@ def test_scorer_gradients_match_finite_differences() -> None:
         analytic = (grad * direction).sum()
         assert analytic.abs() > 0
         assert numeric.item() == pytest.approx(analytic.item(), rel=1e-4)
+
+
+def _fitted_project_hosts(train: torch.Tensor) -> dict[str, nn.Module]:
+    """Tiny fitted PniModel (two backbones, N and P on) and FeatureEnsembleModels (memory, feature and output mode)."""
+    torch.manual_seed(0)
+    pni = PniModel(
+        backbones=["resnet18", "resnet10t"],
+        pre_trained=False,
+        coreset_ratio=0.5,
+        distribution_size=8,
+        window=3,
+        mlp_layers=2,
+        mlp_width=16,
+        mlp_channels=16,
+        refine=False,
+    )
+    normalised = pni.normalise_image(train)
+    for index, member in enumerate(pni.scorers):
+        member.fit_memory(member.extract(normalised))
+        member.score_range = torch.tensor([0.5 + index, 2.0 + index])
+    hosts = {"pni": pni.eval()}
+    members = [
+        {"backbone": "resnet18", "layers": ["layer2", "layer3"], "pre_trained": False},
+        {"backbone": "resnet10t", "layers": ["layer2"], "pre_trained": False},
+    ]
+    for mode, used in (("feature", members[:1]), ("output", members)):
+        ensemble = FeatureEnsembleModel(members=used, mode=mode, coreset_ratio=0.5)
+        ensemble.fit_transforms([train])
+        ensemble.fit_memory(ensemble.transformed_features(train))
+        if mode == "output":
+            ensemble.calibrate([train])
+        hosts[f"feature_ensemble_{mode}"] = ensemble.eval()
+    return hosts
+
+
+def test_project_scorers_sum_the_model_feature_map_and_descend() -> None:
+    """Pni / FeatureEnsemble scorers score the map the model computes (and forward upsamples); gradients descend."""
+    hosts = _fitted_project_hosts(_texture_tiles(4, 32, seed=0))
+    x0 = _texture_tiles(2, 32, seed=1)
+    full = torch.ones(2, 1, 32, 32)
+    for name, model in hosts.items():
+        scorer = get_scorer(model, feature_dilation=0)
+        scorer.prepare(x0, full, torch.zeros(2, 2, dtype=torch.long), (32, 32))
+        with torch.no_grad():
+            feature_map = model.feature_map(x0)
+            output = model(x0)
+            expected = feature_map.flatten(1).sum(1)
+            assert torch.equal(scorer.loss(x0), expected), name
+        # forward upsamples and smooths that same map (Pni per backbone, then averaged: equal up to rounding).
+        if name == "pni":
+            upsampled = model.anomaly_map_generator(feature_map[:, None], (32, 32))
+        else:
+            upsampled = model.smoothing(F.interpolate(feature_map[:, None], size=(32, 32), mode="bilinear"))
+        torch.testing.assert_close(output.anomaly_map, upsampled, rtol=1e-5, atol=1e-5)
+
+        x = x0.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(scorer.loss(x).sum(), x)
+        assert torch.isfinite(grad).all(), name
+        assert grad.abs().sum() > 0, name
+        step = -1e-2 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        with torch.no_grad():
+            assert (scorer.loss(x0 + step) < expected).all(), name
+    with pytest.raises(ValueError, match="full images"):
+        get_scorer(hosts["pni"]).prepare(x0[..., :16], full[..., :16], torch.zeros(2, 2, dtype=torch.long), (32, 32))
 
 
 def test_gradient_sharing_matches_reference() -> None:

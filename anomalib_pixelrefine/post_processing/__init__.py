@@ -9,9 +9,12 @@ from .f2pad import F2PAD
 from .paedid import PaedidRefiner
 from .scorers import (
     CflowScorer,
+    FeatureEnsembleScorer,
+    FeatureMapScorer,
     FeatureScorer,
     PadimScorer,
     PatchcoreScorer,
+    PniF2padScorer,
     available_scorers,
     get_scorer,
     register_scorer,
@@ -20,10 +23,13 @@ from .scorers import (
 __all__ = [
     "F2PAD",
     "CflowScorer",
+    "FeatureEnsembleScorer",
+    "FeatureMapScorer",
     "FeatureScorer",
     "PadimScorer",
     "PaedidRefiner",
     "PatchcoreScorer",
+    "PniF2padScorer",
     "RefiningPostProcessor",
     "available_scorers",
     "get_scorer",

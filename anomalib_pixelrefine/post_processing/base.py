@@ -282,6 +282,7 @@ class RefiningPostProcessor(PostProcessor):
         if kept < self.max_train_images:
             self._train_images.append(self.to_pixels(batch.image[: self.max_train_images - kept].detach()).cpu())
 
+    # Callback hooks, not the models' FitBeforeValidationMixin: a refiner is a Callback on any host (anomalib's too).
     def _maybe_fit_prior(self) -> None:
         if self._train_images and not bool(self.prior_fitted):
             images = torch.cat(self._train_images).clamp(0, 1)

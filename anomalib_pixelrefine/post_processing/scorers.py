@@ -24,6 +24,10 @@ from anomalib.models.image.padim.torch_model import PadimModel
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
+from anomalib_pixelrefine.models.components import input_gradients
+from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
+from anomalib_pixelrefine.models.image.pni import PniModel
+
 _SCORERS: list[tuple[type[nn.Module], type[FeatureScorer]]] = []
 
 
@@ -75,17 +79,9 @@ def get_scorer(model: nn.Module, **kwargs: Any) -> FeatureScorer:
 
 
 def extract_with_grad(extractor: TimmFeatureExtractor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Run an anomalib ``TimmFeatureExtractor`` with autograd enabled w.r.t. the input.
-
-    ``TimmFeatureExtractor.forward`` wraps the backbone in ``no_grad`` unless ``requires_grad``; we flip that flag
-    temporarily instead of re-implementing its forward (parameters stay frozen, only the input gets gradients).
-    """
-    previous = extractor.requires_grad
-    extractor.requires_grad = True
-    try:
+    """Run an anomalib ``TimmFeatureExtractor`` with autograd enabled w.r.t. the input (see ``input_gradients``)."""
+    with input_gradients(extractor):
         return extractor(x)
-    finally:
-        extractor.requires_grad = previous
 
 
 def roi_to_grid(roi: torch.Tensor, size: tuple[int, int], dilate: int = 1) -> torch.Tensor:
@@ -276,91 +272,43 @@ class CflowScorer(FeatureScorer):
         return total
 
 
-def _register_project_scorers() -> None:
-    """Register scorers of this project's models that exist (Pni, FeatureEnsemble) — best effort."""
-    try:
-        from anomalib_pixelrefine.models.image.pni import PniModel
-    except ImportError:  # pragma: no cover - package being written by another session
-        PniModel = None
+class FeatureMapScorer(FeatureScorer):
+    """Hosts exposing ``feature_map(images, differentiable)`` (this package's models): its sum over the ROI's cells.
 
-    if PniModel is not None:
+    The host computes the map exactly as in its own forward (before upsampling and smoothing); the scorer only
+    selects the feature cells of the ROI.
+    """
 
-        @register_scorer(PniModel)
-        class PniF2padScorer(FeatureScorer):
-            """PNI: eq. (4) masked nearest-neighbour distances (training-range normalised), averaged over backbones.
+    def prepare(self, x0: torch.Tensor, roi: torch.Tensor, offset: torch.Tensor, full_size: tuple[int, int]) -> None:
+        """Feature-cell mask of the ROI on the host's feature grid."""
+        del offset, full_size
+        with torch.no_grad():
+            maps = self.model.feature_map(x0)
+        self.grid_mask = roi_to_grid(roi, tuple(maps.shape[-2:]), self.feature_dilation)
 
-            The host's inputs are ``[0, 1]`` images (PniModel normalises them itself). Position histograms need the
-            full image, so F2PAD optimises the ROI inside the uncropped image for this host.
-            """
-
-            needs_full_image = True
-
-            def _score_map(self, x: torch.Tensor) -> torch.Tensor:
-                normalised = self.model.normalise_image(x)
-                maps = []
-                for scorer in self.model.scorers:
-                    previous = scorer.feature_extractor.requires_grad
-                    scorer.feature_extractor.requires_grad = True
-                    try:
-                        maps.append(scorer.normalise(scorer.patch_scores(scorer.extract(normalised))))
-                    finally:
-                        scorer.feature_extractor.requires_grad = previous
-                return torch.stack(maps).mean(0)[:, 0]
-
-            def prepare(
-                self,
-                x0: torch.Tensor,
-                roi: torch.Tensor,
-                offset: torch.Tensor,
-                full_size: tuple[int, int],
-            ) -> None:
-                del offset
-                if tuple(x0.shape[-2:]) != tuple(full_size):
-                    msg = "PNI position histograms need full images: use F2PAD(roi_local=False) with a Pni host."
-                    raise ValueError(msg)
-                with torch.no_grad():
-                    maps = self._score_map(x0)
-                self.grid_mask = roi_to_grid(roi, tuple(maps.shape[-2:]), self.feature_dilation)
-
-            def loss(self, x: torch.Tensor) -> torch.Tensor:
-                return (self._score_map(x) * self.grid_mask).flatten(1).sum(1)
-
-    try:
-        from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
-    except ImportError:  # pragma: no cover - package being written by another session
-        return
-
-    @register_scorer(FeatureEnsembleModel)
-    class FeatureEnsembleScorer(FeatureScorer):
-        """FeatureEnsemble: the ensemble's raw (feature-resolution) discriminator maps, calibrated as in its forward."""
-
-        def _score_map(self, x: torch.Tensor) -> torch.Tensor:
-            maps = self.model.raw_maps(x)
-            if self.model.mode == "output":
-                stacked = torch.cat(maps, dim=1)
-                mean = self.model.calibration_mean.view(1, -1, 1, 1)
-                std = self.model.calibration_std.view(1, -1, 1, 1)
-                return ((stacked - mean) / std).mean(dim=1)
-            return maps[0][:, 0]
-
-        def prepare(
-            self,
-            x0: torch.Tensor,
-            roi: torch.Tensor,
-            offset: torch.Tensor,
-            full_size: tuple[int, int],
-        ) -> None:
-            del offset, full_size
-            with torch.no_grad():
-                maps = self._score_map(x0)
-            self.grid_mask = roi_to_grid(roi, tuple(maps.shape[-2:]), self.feature_dilation)
-
-        def loss(self, x: torch.Tensor) -> torch.Tensor:
-            maps = self._score_map(x)
-            if x.requires_grad and not maps.requires_grad:
-                msg = "FeatureEnsembleModel members extract features without gradients; F2PAD cannot refine it."
-                raise TypeError(msg)
-            return (maps * self.grid_mask).flatten(1).sum(1)
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the host's feature map over the prepared ROI cells."""
+        return (self.model.feature_map(x, differentiable=True) * self.grid_mask).flatten(1).sum(1)
 
 
-_register_project_scorers()
+@register_scorer(PniModel)
+class PniF2padScorer(FeatureMapScorer):
+    """PNI: eq. (4) masked nearest-neighbour distances (training-range normalised), averaged over backbones.
+
+    The host's inputs are ``[0, 1]`` images (PniModel normalises them itself). Position histograms need the full image,
+    so F2PAD optimises the ROI inside the uncropped image for this host.
+    """
+
+    needs_full_image = True
+
+    def prepare(self, x0: torch.Tensor, roi: torch.Tensor, offset: torch.Tensor, full_size: tuple[int, int]) -> None:
+        """Refuse crops (position histograms), then as :class:`FeatureMapScorer`."""
+        if tuple(x0.shape[-2:]) != tuple(full_size):
+            msg = "PNI position histograms need full images: use F2PAD(roi_local=False) with a Pni host."
+            raise ValueError(msg)
+        super().prepare(x0, roi, offset, full_size)
+
+
+@register_scorer(FeatureEnsembleModel)
+class FeatureEnsembleScorer(FeatureMapScorer):
+    """FeatureEnsemble: the ensemble's feature-grid map (output mode: calibrated member maps averaged)."""

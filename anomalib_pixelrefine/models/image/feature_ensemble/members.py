@@ -1,6 +1,6 @@
 """Ensemble members: modules that map a batch of images to a list of feature maps.
 
-Three kinds, all frozen (``eval`` mode, no gradients):
+Three kinds, all frozen (``eval`` mode, no gradients unless a refiner asks for input gradients):
 
 * :class:`TimmMember` - a timm backbone with named layers (anomalib's ``TimmFeatureExtractor``), spec
   ``{"backbone": "resnet18", "layers": ["layer2", "layer3"], "pre_trained": True, "weights": None}``.
@@ -25,6 +25,8 @@ from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 from torchvision.transforms import v2
 
+from anomalib_pixelrefine.models.components import input_gradients
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,12 +47,21 @@ class _Member(nn.Module):
         """Feature maps of already-normalised images."""
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Normalise ``images`` (``[0, 1]``) and return the member's feature maps."""
+    def forward(self, images: torch.Tensor, differentiable: bool = False) -> list[torch.Tensor]:
+        """Normalise ``images`` (``[0, 1]``) and return the member's feature maps.
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            differentiable: Keep the graph from the maps back to ``images`` (weights stay frozen; for refiners).
+        """
         if self.normalize:
             images = (images - self.norm_mean) / self.norm_std
-        with torch.no_grad():
-            maps = self.extract(images)
+        if differentiable:
+            with input_gradients(self):
+                maps = self.extract(images)
+        else:
+            with torch.no_grad():
+                maps = self.extract(images)
         return [m.float() for m in maps]
 
     def train(self, mode: bool = True) -> "_Member":

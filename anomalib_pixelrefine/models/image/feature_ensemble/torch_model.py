@@ -226,9 +226,12 @@ class FeatureEnsembleModel(nn.Module):
         """One head for the feature ensemble, one per member for the output ensemble."""
         return 1 if self.mode == "feature" else len(self.members)
 
-    def member_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Per-member feature maps on the common (finest) grid: list of ``(B, C_m, H, W)``."""
-        per_member = [member(images) for member in self.members]
+    def member_features(self, images: torch.Tensor, differentiable: bool = False) -> list[torch.Tensor]:
+        """Per-member feature maps on the common (finest) grid: list of ``(B, C_m, H, W)``.
+
+        ``differentiable`` keeps the graph back to ``images`` (see :meth:`feature_map`).
+        """
+        per_member = [member(images, differentiable) for member in self.members]
         height = max(m.shape[-2] for maps in per_member for m in maps)
         width = max(m.shape[-1] for maps in per_member for m in maps)
         out = []
@@ -242,9 +245,9 @@ class FeatureEnsembleModel(nn.Module):
             out.append(torch.cat(resized, dim=1))
         return out
 
-    def transformed_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def transformed_features(self, images: torch.Tensor, differentiable: bool = False) -> list[torch.Tensor]:
         """Transformation-block output per head: list of ``(B, k, H, W)`` (one entry in ``"feature"`` mode)."""
-        maps = self.member_features(images)
+        maps = self.member_features(images, differentiable)
         if self.block == "global":
             return [self.transforms[0](torch.cat(maps, dim=1))]
         reduced = [transform(m) for transform, m in zip(self.transforms, maps, strict=True)]
@@ -328,12 +331,12 @@ class FeatureEnsembleModel(nn.Module):
         return total, stats
 
     # ------------------------------------------------------------------ inference
-    def raw_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def raw_maps(self, images: torch.Tensor, differentiable: bool = False) -> list[torch.Tensor]:
         """Per-head anomaly maps on the feature grid (high = abnormal): list of ``(B, 1, H, W)``.
 
         Memory head: distance to the nearest bank entry. Discriminator: ``-score``.
         """
-        features = self.transformed_features(images)
+        features = self.transformed_features(images, differentiable)
         if self.head == "memory":
             return [head.score(f) for head, f in zip(self.heads, features, strict=True)]
         return [-head.score(head.adapt(f)) for head, f in zip(self.heads, features, strict=True)]
@@ -357,6 +360,32 @@ class FeatureEnsembleModel(nn.Module):
         self.calibration_mean.copy_(mean.to(self.calibration_mean.dtype))
         self.calibration_std.copy_(std.to(self.calibration_std.dtype))
 
+    def feature_map(self, images: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """Anomaly map on the feature grid ``(B, h, w)``; output mode: the calibrated member maps averaged.
+
+        This is the map a refiner differentiates (F2PAD's ``s(n)``); :meth:`forward` upsamples and smooths it.
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            differentiable: Let gradients flow from the map back to ``images`` (the members stay frozen).
+
+        Returns:
+            ``(B, h, w)`` map.
+
+        Raises:
+            RuntimeError: If the model is not fitted.
+        """
+        if not self.is_fitted:
+            msg = "FeatureEnsembleModel is not fitted; train it (fit_transforms + head training) or load a state dict"
+            raise RuntimeError(msg)
+        maps = self.raw_maps(images, differentiable)
+        if self.mode == "output":
+            stacked = torch.cat(maps, dim=1)
+            mean = self.calibration_mean.view(1, -1, 1, 1)
+            std = self.calibration_std.view(1, -1, 1, 1)
+            return ((stacked - mean) / std).mean(dim=1)
+        return maps[0][:, 0]
+
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Anomaly map (upsampled, smoothed) and image score (map maximum).
 
@@ -366,17 +395,7 @@ class FeatureEnsembleModel(nn.Module):
         Returns:
             ``InferenceBatch(pred_score, anomaly_map)``.
         """
-        if not self.is_fitted:
-            msg = "FeatureEnsembleModel is not fitted; train it (fit_transforms + head training) or load a state dict"
-            raise RuntimeError(msg)
-        maps = self.raw_maps(images)
-        if self.mode == "output":
-            stacked = torch.cat(maps, dim=1)
-            mean = self.calibration_mean.view(1, -1, 1, 1)
-            std = self.calibration_std.view(1, -1, 1, 1)
-            anomaly_map = ((stacked - mean) / std).mean(dim=1, keepdim=True)
-        else:
-            anomaly_map = maps[0]
+        anomaly_map = self.feature_map(images)[:, None]
         anomaly_map = F.interpolate(anomaly_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if self.smoothing is not None:
             anomaly_map = self.smoothing(anomaly_map)

@@ -36,7 +36,6 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
@@ -45,6 +44,7 @@ from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_nu
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
 from anomalib_pixelrefine.data.generators import PERLIN_MIN_SIZE
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+from anomalib_pixelrefine.models.components.fitting import FitBeforeValidationMixin
 from anomalib_pixelrefine.seeding import seeded_module
 
 from .loss import refinement_loss
@@ -120,7 +120,7 @@ def _resize_size(pre_processor: Any) -> tuple[int, int] | None:
     return None
 
 
-class Pni(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
+class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, AnomalibModule):
     """PNI (position and neighbourhood information + pixelwise refinement), one-class.
 
     Args:
@@ -378,36 +378,39 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         except (AttributeError, TypeError):
             return None
 
-    def _end_phase(self) -> None:
-        """Build the memory after the collection epoch and record the score range after the last MLP epoch (once).
+    # Phase-end fits through the shared hook pair (FeatureEnsemble's MemoryBankMixin keeps one flag in its
+    # checkpoints; Pni fits twice, after the collection and after the MLP epochs, and its state dict stays as it was).
+    @property
+    def fit_pending(self) -> bool:
+        """Whether the current phase ended without its fit: the memory (collection) or the score range (last MLP epoch).
 
-        Called from ``on_validation_start`` too: Lightning validates at the end of the last epoch *before*
+        Also checked at ``on_validation_start``: Lightning validates at the end of the last epoch *before*
         ``on_train_epoch_end``, so without it the post-processor would calibrate on an unfinished model (no memory
         when ``N`` and ``R`` are off; un-normalised maps when only ``R`` is off, so the test maps were clamped to a
         constant).
         """
         phase = self._phase()
-        if phase == "collect" and self._filled and not self._memory_built:
+        if phase == "collect":
+            return bool(self._filled) and not self._memory_built
+        return phase == "mlp" and self.current_epoch == self.mlp_epochs and bool(self._features)
+
+    def fit(self) -> None:
+        """Build the memory after the collection epoch; record the score range after the last MLP epoch (or at once)."""
+        if self._phase() == "collect":
             self._build_memory()
             self._memory_built = True
-            if not self.mlp_epochs:
-                self._finish_memory()
-        elif phase == "mlp" and self.current_epoch == self.mlp_epochs and self._features:
-            self._finish_memory()
-
-    def on_validation_start(self) -> None:
-        """Finish the current phase if validation comes at its end (see :meth:`_end_phase`)."""
-        if self.trainer.state.fn == TrainerFn.FITTING:
-            self._end_phase()
+            if self.mlp_epochs:
+                return
+        self._finish_memory()
 
     def on_train_epoch_end(self) -> None:
-        """End of a phase: build the memory after epoch 0; step the LR; finish the MLP phase."""
+        """Step the MLP learning rate, then fit if the phase ended (:class:`FitBeforeValidationMixin`)."""
         if self._phase() == "mlp":
             schedulers = self.lr_schedulers()
             schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
             for scheduler in schedulers:
                 scheduler.step()
-        self._end_phase()
+        super().on_train_epoch_end()
 
     def _build_memory(self) -> None:
         features = [f if isinstance(f, torch.Tensor) else torch.cat(f) for f in self._features]

@@ -34,7 +34,7 @@ from anomalib.models.components import DynamicBufferMixin, TimmFeatureExtractor
 from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 from torch import nn
 
-from anomalib_pixelrefine.models.components import greedy_coreset, is_exporting
+from anomalib_pixelrefine.models.components import greedy_coreset, input_gradients, is_exporting
 
 from .refinement import RefinementNet
 
@@ -622,11 +622,34 @@ class PniModel(nn.Module):
             raise ValueError(msg)
         return (image - self.mean) / self.std
 
+    def _backbone_maps(self, image: torch.Tensor, differentiable: bool = False) -> list[torch.Tensor]:
+        """Per backbone, the patch scores min-max normalised with training statistics: list of ``(B, 1, h, w)``."""
+        normalised = self.normalise_image(image)
+        maps = []
+        for scorer in self.scorers:
+            with input_gradients(scorer.feature_extractor, differentiable):
+                maps.append(scorer.normalise(scorer.patch_scores(scorer.extract(normalised))))
+        return maps
+
+    def feature_map(self, image: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """Anomaly map on the feature grid ``(B, h, w)``: the normalised patch scores averaged over backbones.
+
+        This is the map a refiner differentiates (F2PAD's ``s(n)``); :meth:`coarse_map` upsamples and smooths the
+        same per-backbone maps.
+
+        Args:
+            image: ``(B, 3, H, W)`` in ``[0, 1]``.
+            differentiable: Let gradients flow from the map back to ``image`` (the backbones stay frozen).
+
+        Returns:
+            ``(B, h, w)`` map.
+        """
+        return torch.stack(self._backbone_maps(image, differentiable)).mean(0)[:, 0]
+
     def coarse_map(self, image: torch.Tensor) -> torch.Tensor:
         """Normalised coarse anomaly map ``(B, 1, H, W)`` (upsampled, smoothed, averaged over backbones)."""
-        normalised = self.normalise_image(image)
-        maps = [scorer.normalise(scorer.patch_scores(scorer.extract(normalised))) for scorer in self.scorers]
-        maps = [self.anomaly_map_generator(m, image.shape[-2:]) for m in maps]
+        # Upsampled per backbone, then averaged (not the upsampled feature_map): same values as before to the bit.
+        maps = [self.anomaly_map_generator(m, image.shape[-2:]) for m in self._backbone_maps(image)]
         return torch.stack(maps).mean(0)
 
     def refine_map(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
