@@ -9,10 +9,18 @@ import torch
 from anomalib.data import Folder, InferenceBatch
 from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
+from anomalib.models.components import MemoryBankMixin
 from PIL import Image
 from torch.nn import functional as F
 
-from anomalib_pixelrefine.models.image.pae import Pae, PaeModel, decompose, decomposition_objective
+from anomalib_pixelrefine.models.image.pae import (
+    Pae,
+    PaeModel,
+    decompose,
+    decomposition_objective,
+    pae_input,
+    train_pae,
+)
 from anomalib_pixelrefine.models.image.pae.decomposition import decomposition_gradient
 from anomalib_pixelrefine.models.image.pae.loss import PaeLoss
 from anomalib_pixelrefine.models.image.pae.tuning import best_dice, grid_search
@@ -237,10 +245,9 @@ def test_closed_form_gradient_and_adam_equal_autograd(noisy):
     closed = decomposition_gradient(image, low_rank.detach(), prior, 0.7, noisy, 0.8, 7)
     torch.testing.assert_close(closed, low_rank.grad, rtol=1e-9, atol=1e-15)
 
-    # The unrolled Adam equals torch.optim.Adam on the autograd objective (the decomposition before the rewrite). In
-    # float64: in float32 the few pixels with a gradient below float32 resolution take rounding-dependent paths.
+    # The unrolled Adam equals torch.optim.Adam (ε = 1.5 / count) on the autograd objective, in float64.
     reference = image.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([reference], lr=0.05)
+    optimizer = torch.optim.Adam([reference], lr=0.05, eps=1.5 / image[0].numel())
     for _ in range(30):
         optimizer.zero_grad()
         decomposition_objective(image, reference, prior, 1.0, noisy).sum().backward()
@@ -322,6 +329,27 @@ def test_best_dice_of_a_perfect_map_is_one():
     assert best_dice(scores, truth) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="same shape"):
         best_dice(scores, truth[..., :1])
+
+
+def test_train_pae_trains_the_autoencoder_and_builds_the_bank_of_the_trained_encoder():
+    torch.manual_seed(0)
+    images = smooth_random_images(12, 16, seed=0)
+    model = PaeModel(channels=(8,), latent_channels=8)
+    loss = PaeLoss("mse")
+    with torch.no_grad():
+        before = loss.reconstruction(images, model.eval().decode(model.encode(images)))
+    train_pae(model, images, epochs=20, lr=3e-3, batch_size=4, seed=0)
+    assert not model.training
+    with torch.no_grad():
+        after = loss.reconstruction(images, model.decode(model.encode(images)))
+    assert after < 0.5 * before
+    bank = model.memory_bank_agg.clone()
+    model.build_memory_bank(model.encode(images))
+    torch.testing.assert_close(bank, model.memory_bank_agg)
+    # pae_input: the nearest stride multiple, and the size to resize back to.
+    resized, size = pae_input(model, torch.rand(1, 3, 17, 30))
+    assert resized.shape[-2:] == (16, 30)
+    assert size == (17, 30)
 
 
 # ----------------------------------------------------------------------------- anomalib integration
@@ -436,6 +464,31 @@ def test_engine_fit_test_predict_checkpoint_and_export(folder_datamodule, tmp_pa
     prediction = inferencer.predict(batch.image_path[0])
     assert prediction.anomaly_map.shape[-2:] == (32, 32)
     torch.testing.assert_close(prediction.anomaly_map.reshape(32, 32), expected.anomaly_map[0].reshape(32, 32))
+
+
+def test_memory_bank_is_built_with_the_last_epoch_weights(folder_datamodule, tmp_path):
+    """``MemoryBankMixin`` restricted to the last epoch: the bank is the final encoder's, fitted once."""
+    torch.manual_seed(0)
+    model = _small_pae(coreset_sampling_ratio=None)
+    assert isinstance(model, MemoryBankMixin)
+    engine = _engine(tmp_path, epochs=2)
+    engine.fit(model, datamodule=folder_datamodule)
+    assert model._is_fitted
+    bank = model.model.memory_bank_raw.flatten().sort().values
+    model.fit()  # rebuilt from the final weights: the same latents (the loader shuffles their order)
+    torch.testing.assert_close(model.model.memory_bank_raw.flatten().sort().values, bank)
+
+    # A checkpoint written before Pae used the mixin (no ``_is_fitted``) loads as fitted.
+    checkpoint = tmp_path / "old.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    state = torch.load(checkpoint, weights_only=False)
+    del state["state_dict"]["_is_fitted"]
+    torch.save(state, checkpoint)
+    reloaded = Pae.load_from_checkpoint(checkpoint)
+    assert reloaded._is_fitted
+    batch = next(iter(folder_datamodule.test_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(batch.image).anomaly_map, model.eval()(batch.image).anomaly_map)
 
 
 @pytest.mark.parametrize("ae_type", ["vae", "aae"])

@@ -16,6 +16,7 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
 from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
+from anomalib_pixelrefine.models.image.pae import sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pni import PniModel
 from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner, get_scorer, register_scorer
 from anomalib_pixelrefine.post_processing.base import dilate
@@ -572,6 +573,28 @@ def test_exemplar_initialisation_keeps_training_images_through_a_checkpoint() ->
     fresh = F2PAD(init="exemplar")
     fresh.load_state_dict(refiner.state_dict())
     assert torch.equal(fresh.exemplars, refiner.exemplars)
+
+
+def test_paedid_refiner_decomposes_with_the_settings_stored_on_its_pae() -> None:
+    """Issue 19: one place for the decomposition settings (the PAE's), used through ``PaeModel.split``."""
+    refiner = PaedidRefiner(channels=(8, 16), pae_epochs=1, alpha=0.2, lam=0.3, steps=4, lr=0.02, output="pixel")
+    pae = refiner.pae
+    assert (pae.alpha, pae.lam, pae.decomposition_steps, pae.decomposition_lr) == (0.2, 0.3, 4, 0.02)
+    refiner.lam, refiner.noisy, refiner.lam_ssim = 0.6, True, 0.5  # tuning a refiner tunes its PAE
+    assert (pae.lam, pae.noisy, pae.lam_ssim) == (0.6, True, 0.5)
+    refiner.fit_prior(_texture_tiles(6, 32, seed=0))
+    images = _texture_tiles(2, 32, seed=3)
+    host = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    maps = refiner.refine_maps(images, host, host > 0.5, nn.Identity())
+    _, sparse = pae.split(images, pae.deep_prior(images, patch_scores=host))
+    torch.testing.assert_close(maps, sparse_to_anomaly_map(sparse))
+    # The saved configuration restores onto the PAE, also when the architecture differs and the PAE is rebuilt.
+    other = PaedidRefiner(channels=(4,))
+    other.load_checkpoint_config(refiner.checkpoint_config())
+    restored = other.pae
+    assert restored.channels == (8, 16)
+    assert (restored.alpha, restored.lam, restored.decomposition_steps, restored.noisy) == (0.2, 0.6, 4, True)
+    assert other.init_args()["lam"] == 0.6
 
 
 def test_pae_initialisation_fills_only_the_mask() -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalib_pixelrefine.checks import check_choice, check_number, check_widths
-from anomalib_pixelrefine.models.image.pae import PaeModel
+from anomalib_pixelrefine.models.image.pae import PaeModel, pae_input, train_pae
 
 from .base import RefiningPostProcessor, dilate, seeded_module
 from .optim import (
@@ -39,7 +39,6 @@ from .optim import (
     share_gradients,
     total_variation,
 )
-from .paedid import pae_input, train_pae
 from .scorers import get_scorer
 
 INIT_MODES = ("inpaint", "exemplar", "pae", "image")

@@ -1,8 +1,10 @@
 """PAEDID refiner: deep image decomposition (PAEDID eq. 3/4) with a PAE deep prior, guided by the host's anomaly map.
 
 The PAE (``anomalib_pixelrefine.models.image.pae.PaeModel``) is trained on the training images seen during the
-host's fit. At test time the host's anomaly map chooses which latent patches are replaced by their memory-bank
-neighbours (``deep_prior(x, patch_scores=host_map)``), and ``decompose`` splits ``X = L + S``; ``|S|`` is the map.
+host's fit (``train_pae``). At test time the host's anomaly map chooses which latent patches are replaced by their
+memory-bank neighbours (``deep_prior(x, patch_scores=host_map)``), and the PAE's own decomposition
+(``PaeModel.split``, with the refiner's ``lam`` / ``steps`` / ``lr`` / ``noisy`` / ``lam_ssim`` stored on the PAE)
+splits ``X = L + S``; ``|S|`` is the map.
 """
 
 from __future__ import annotations
@@ -14,54 +16,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalib_pixelrefine.checks import check_number, check_widths
-from anomalib_pixelrefine.models.image.pae import PaeModel, decompose, sparse_to_anomaly_map
-from anomalib_pixelrefine.models.image.pae.loss import PaeLoss
+from anomalib_pixelrefine.models.image.pae import PaeModel, pae_input, sparse_to_anomaly_map, train_pae
 
 from .base import RefiningPostProcessor, dilate, seeded_module
 
 
-def train_pae(
-    pae: PaeModel,
-    images: torch.Tensor,
-    epochs: int,
-    lr: float,
-    batch_size: int = 8,
-    seed: int = 0,
-    coreset_sampling_ratio: float | None = None,
-) -> None:
-    """Train a (plain/VAE) PAE on images in ``[0, 1]`` and build its memory bank.
+class _PaeSetting:
+    """A :class:`PaedidRefiner` argument stored on its PAE (``refiner.lam = 0.5`` sets ``refiner.pae.lam``)."""
 
-    A short Adam loop (PaeLoss reconstruction + KL) instead of a nested Lightning fit: the refiner is itself running
-    inside the host's Lightning fit.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    loss_fn = PaeLoss("mse")
-    params = list(pae.encoder.parameters()) + list(pae.decoder.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr)
-    pae.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), batch_size):
-            batch = images[order[start : start + batch_size]].to(next(pae.parameters()).device)
-            reconstruction, _, mean, log_var = pae(batch)
-            loss = loss_fn(batch, reconstruction, mean, log_var)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    pae.eval()
-    with torch.no_grad():
-        latents = torch.cat([pae.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    pae.build_memory_bank(latents, coreset_sampling_ratio=coreset_sampling_ratio, seed=seed)
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
 
+    def __get__(self, refiner: PaedidRefiner | None, owner: type | None = None) -> Any:
+        return self if refiner is None else getattr(refiner.pae, self.attribute)
 
-def pae_input(pae: PaeModel, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Resize images to the PAE's stride multiple (returns the original size to resize back)."""
-    size = (x.shape[-2], x.shape[-1])
-    stride = pae.stride
-    target = (max(stride, round(size[0] / stride) * stride), max(stride, round(size[1] / stride) * stride))
-    if target != size:
-        x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
-    return x, size
+    def __set__(self, refiner: PaedidRefiner, value: Any) -> None:
+        setattr(refiner.pae, self.attribute, value)
 
 
 class PaedidRefiner(RefiningPostProcessor):
@@ -81,6 +51,15 @@ class PaedidRefiner(RefiningPostProcessor):
         lam_ssim: ``λ2`` of eq. 4.
         **kwargs: :class:`RefiningPostProcessor` / anomalib ``PostProcessor`` arguments.
     """
+
+    # The refiner's decomposition arguments are the PAE's settings (``PaeModel.split`` reads them there).
+    alpha = _PaeSetting("alpha")
+    lam = _PaeSetting("lam")
+    steps = _PaeSetting("decomposition_steps")
+    lr = _PaeSetting("decomposition_lr")
+    noisy = _PaeSetting("noisy")
+    lam_ssim = _PaeSetting("lam_ssim")
+    _PAE_SETTINGS = ("alpha", "lam", "steps", "lr", "noisy", "lam_ssim")
 
     def __init__(
         self,
@@ -113,24 +92,22 @@ class PaedidRefiner(RefiningPostProcessor):
         self.channels = [int(c) for c in channels]
         self.aggregation_length = aggregation_length
         self.num_neighbors = num_neighbors
-        self.alpha = alpha
         self.pae_epochs = pae_epochs
         self.pae_lr = pae_lr
-        self.lam = lam
-        self.steps = steps
-        self.lr = lr
-        self.noisy = noisy
-        self.lam_ssim = lam_ssim
-        self.pae = self._build_pae()
+        self.pae = self._build_pae(
+            {"alpha": alpha, "lam": lam, "steps": steps, "lr": lr, "noisy": noisy, "lam_ssim": lam_ssim}
+        )
 
-    def _build_pae(self) -> PaeModel:
+    def _build_pae(self, settings: dict[str, Any]) -> PaeModel:
+        """A seeded PAE with the refiner's architecture and decomposition ``settings`` (``_PAE_SETTINGS`` names)."""
+        keywords = {type(self).__dict__[name].attribute: value for name, value in settings.items()}
         return seeded_module(
             self.seed,
             lambda: PaeModel(
                 channels=self.channels,
                 aggregation_length=self.aggregation_length,
                 num_neighbors=self.num_neighbors,
-                alpha=self.alpha,
+                **keywords,
             ),
         )
 
@@ -138,7 +115,8 @@ class PaedidRefiner(RefiningPostProcessor):
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
         return (
             *super()._checkpoint_config_keys,
-            *("alpha", "lam", "steps", "lr", "noisy", "lam_ssim", "channels", "aggregation_length", "num_neighbors"),
+            *self._PAE_SETTINGS,
+            *("channels", "aggregation_length", "num_neighbors"),
         )
 
     def load_checkpoint_config(self, config: dict[str, Any]) -> None:
@@ -151,7 +129,7 @@ class PaedidRefiner(RefiningPostProcessor):
             or pae.aggregation_length != self.aggregation_length
             or pae.num_neighbors != self.num_neighbors
         ):
-            self.pae = self._build_pae()
+            self.pae = self._build_pae({name: getattr(self, name) for name in self._PAE_SETTINGS})
 
     def fit_prior(self, images: torch.Tensor) -> None:
         """Train the PAE and build its latent memory bank."""
@@ -173,10 +151,8 @@ class PaedidRefiner(RefiningPostProcessor):
         """
         x, size = pae_input(self.pae, pixels)
         scores = F.interpolate(host_maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        prior = self.pae.deep_prior(x, patch_scores=scores, alpha=self.alpha)
-        _, sparse = decompose(
-            x, prior, lam=self.lam, steps=self.steps, lr=self.lr, noisy=self.noisy, lam_ssim=self.lam_ssim
-        )
+        prior = self.pae.deep_prior(x, patch_scores=scores)
+        _, sparse = self.pae.split(x, prior)
         self.last_info = {"prior": prior.detach()}
         if self.output == "host":
             if tuple(sparse.shape[-2:]) != size:

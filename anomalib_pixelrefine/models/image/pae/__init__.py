@@ -7,5 +7,15 @@ Segmentation".
 from .decomposition import decompose, decomposition_objective, sparse_to_anomaly_map
 from .lightning_model import Pae
 from .torch_model import PaeModel
+from .training import autoencoder_loss, pae_input, train_pae
 
-__all__ = ["Pae", "PaeModel", "decompose", "decomposition_objective", "sparse_to_anomaly_map"]
+__all__ = [
+    "Pae",
+    "PaeModel",
+    "autoencoder_loss",
+    "decompose",
+    "decomposition_objective",
+    "pae_input",
+    "sparse_to_anomaly_map",
+    "train_pae",
+]

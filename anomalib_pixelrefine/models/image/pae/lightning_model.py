@@ -3,12 +3,13 @@
 Training runs the autoencoder for ``max_epochs`` epochs (reconstruction loss; VAE adds KL; AAE alternates a
 Wasserstein critic step and an autoencoder step with manual optimisation). The latent memory bank is built once,
 from all training images, before the validation of the last epoch (so the post-processor's thresholds are computed
-with the final model and the bank is in the last checkpoint). Earlier validations only log ``val_loss``.
+with the final model and the bank is in the last checkpoint), through anomalib's ``MemoryBankMixin`` restricted to the
+last epoch. Earlier validations only log ``val_loss``.
 
 Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
-from anomalib_pixelrefine.models.image.pae import Pae
+    >>> from anomalib_pixelrefine.models.image.pae import Pae
     >>> model = Pae(pre_processor=Pae.configure_pre_processor(image_size=(128, 128)))
     >>> engine = Engine(max_epochs=20)
     >>> engine.fit(model, datamodule=MVTecAD(category="carpet"))  # doctest: +SKIP
@@ -22,7 +23,7 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -35,6 +36,7 @@ from anomalib_pixelrefine.seeding import seeded_module
 
 from .loss import PaeLoss, critic_loss, generator_adversarial_loss
 from .torch_model import PaeModel
+from .training import autoencoder_loss
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def _check_arguments(args: dict[str, Any]) -> None:
     check_seed("Pae", args["seed"])
 
 
-class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
+class Pae(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModule):
     """PAEDID: patch autoencoder + latent memory bank + deep image decomposition (one-class).
 
     Args:
@@ -157,7 +159,6 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         self.seed = seed
         # The AAE alternates critic and autoencoder updates.
         self.automatic_optimization = ae_type != "aae"
-        self._bank_stale = True
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -174,8 +175,7 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
         """Adam for the autoencoder; RMSprop for the AAE critic (as in WGAN)."""
-        autoencoder = list(self.model.encoder.parameters()) + list(self.model.decoder.parameters())
-        optimizer = torch.optim.Adam(autoencoder, lr=self.learning_rate)
+        optimizer = torch.optim.Adam(self.model.autoencoder_parameters(), lr=self.learning_rate)
         if self.model.critic is None:
             return optimizer
         return [optimizer, torch.optim.RMSprop(self.model.critic.parameters(), lr=self.critic_learning_rate)]
@@ -194,13 +194,11 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One autoencoder step (plus one critic step for the AAE); returns the loss."""
         del args, kwargs
-        self._bank_stale = True
+        self._is_fitted.fill_(False)  # the autoencoder changes: the memory bank must be rebuilt
         image = batch.image
-        if self.ae_type == "aae":
-            loss = self._adversarial_step(image)
-        else:
-            reconstruction, _, mean, log_var = self.model(image)
-            loss = self.loss(image, reconstruction, mean, log_var)
+        loss = (
+            self._adversarial_step(image) if self.ae_type == "aae" else autoencoder_loss(self.model, self.loss, image)
+        )
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(image))
         return {"loss": loss}
 
@@ -230,39 +228,28 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
         max_epochs = trainer.max_epochs
         return bool(trainer.should_stop) or max_epochs in {None, -1} or trainer.current_epoch >= max_epochs - 1
 
-    def _maybe_fit(self) -> None:
-        if self._bank_stale and not self.trainer.sanity_checking and self._is_final_epoch():
-            self.fit()
-
     @torch.no_grad()
     def fit(self) -> None:
-        """Encode all training images and build the memory bank (with optional coreset)."""
+        """Encode all training images and build the memory bank (with optional coreset; ``MemoryBankMixin``)."""
         trainer = self.trainer
         loader = trainer.datamodule.train_dataloader() if trainer.datamodule is not None else trainer.train_dataloader
-        was_training = self.model.training
-        self.model.eval()
-        latents = []
-        for batch in loader:
-            image = batch.image.to(self.device)
-            if self.pre_processor:
-                image = self.pre_processor(image)
-            latents.append(self.model.encode(image).cpu())
-        logger.info("Building the PAE memory bank from %d training images.", sum(len(z) for z in latents))
-        self.model.build_memory_bank(
-            torch.cat(latents).to(self.device),
-            coreset_sampling_ratio=self.coreset_sampling_ratio,
-            seed=self.seed,
-        )
-        self.model.train(was_training)
-        self._bank_stale = False
+        images = (batch.image.to(self.device) for batch in loader)
+        if self.pre_processor:
+            images = (self.pre_processor(image) for image in images)
+        self.model.fit_memory_bank(images, coreset_sampling_ratio=self.coreset_sampling_ratio, seed=self.seed)
 
+    # ``MemoryBankMixin`` fits once, at the first validation (or epoch end); the autoencoder trains for several epochs,
+    # so the bank is built in the last one only (``training_step`` marks it stale; Lightning validates the last epoch
+    # before ``on_train_epoch_end``).
     def on_validation_start(self) -> None:
-        """Build the memory bank before the last validation."""
-        self._maybe_fit()
+        """Build the memory bank before the last validation (``MemoryBankMixin``)."""
+        if not self.trainer.sanity_checking and self._is_final_epoch():
+            super().on_validation_start()
 
     def on_train_epoch_end(self) -> None:
-        """Build the memory bank after the last epoch when there is no validation."""
-        self._maybe_fit()
+        """Build the memory bank after the last epoch when there is no validation (``MemoryBankMixin``)."""
+        if self._is_final_epoch():
+            super().on_train_epoch_end()
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
@@ -275,12 +262,14 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, AnomalibModule):
             prog_bar=True,
             batch_size=len(batch.image),
         )
-        if self._bank_stale or not self.model.is_fitted:
+        if not self._is_fitted:
             return batch
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A loaded checkpoint carries its memory bank."""
+        """Checkpoints saved before ``MemoryBankMixin`` have no ``_is_fitted``: their bank is fitted when not empty."""
         super().on_load_checkpoint(checkpoint)
-        self._bank_stale = False
+        state = checkpoint.get("state_dict", {})
+        if "_is_fitted" not in state and "model.memory_bank_raw" in state:
+            state["_is_fitted"] = torch.tensor([state["model.memory_bank_raw"].numel() > 0])

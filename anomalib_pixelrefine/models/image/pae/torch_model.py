@@ -13,14 +13,14 @@ Pipeline at inference (eval mode, :meth:`PaeModel.forward`):
 3. The top-``α`` fraction of patches by ``s`` is replaced by ``M̂'``; ``X̂ = D(M̂'')`` is the deep image prior.
 4. Decomposition ``X = L + S`` (:func:`~.decomposition.decompose`); anomaly map ``|S|``.
 
-Public building blocks reused by the PAEDID refining post-processor: :meth:`PaeModel.encode`,
-:meth:`PaeModel.decode`, :meth:`PaeModel.deep_prior`, :meth:`PaeModel.build_memory_bank`,
-:meth:`PaeModel.retrieve` and :func:`~.decomposition.decompose`.
+Public building blocks reused by the refining post-processors (PAEDID refiner, F2PAD): :meth:`PaeModel.encode`,
+:meth:`PaeModel.decode`, :meth:`PaeModel.deep_prior`, :meth:`PaeModel.fit_memory_bank`, :meth:`PaeModel.retrieve`,
+:meth:`PaeModel.split` (the decomposition with the model's settings) and :func:`~.training.train_pae`.
 """
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from anomalib.data import InferenceBatch
@@ -231,6 +231,10 @@ class PaeModel(DynamicBufferMixin, nn.Module):
         """Decode latents into images in ``[0, 1]``."""
         return self.decoder(z)
 
+    def autoencoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the encoder and decoder (optimised by the reconstruction loss; not the AAE's critic)."""
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
     def reconstruct(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -311,6 +315,28 @@ class PaeModel(DynamicBufferMixin, nn.Module):
             raw, agg = raw[indices], agg[indices]
         self.memory_bank_raw = raw.contiguous()
         self.memory_bank_agg = agg.contiguous()
+
+    @torch.no_grad()
+    def fit_memory_bank(
+        self,
+        images: Iterable[torch.Tensor],
+        coreset_sampling_ratio: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        """Encode training images (eval mode, batch by batch) and build the memory bank from their latents.
+
+        Args:
+            images: Batches of training images ``(B, C, H, W)`` in ``[0, 1]`` (moved to the model's device).
+            coreset_sampling_ratio: See :meth:`build_memory_bank`.
+            seed: See :meth:`build_memory_bank`.
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        latents = torch.cat([self.encode(batch.to(device)).cpu() for batch in images])
+        logger.info("Building the PAE memory bank from %d training images.", len(latents))
+        self.build_memory_bank(latents.to(device), coreset_sampling_ratio=coreset_sampling_ratio, seed=seed)
+        self.train(was_training)
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
