@@ -356,6 +356,26 @@ def test_host_unit_output_sharpens_the_host_mask(init: str, max_iters: int, min_
     assert refined[refiner.last_info["support"]].amin() >= host_map.amax() - 1e-6  # support at the image's peak
 
 
+def test_image_decision_fills_the_empty_mask_of_a_flagged_image() -> None:
+    """An image above the image threshold whose map stays below the pixel threshold gets a mask on its defect."""
+    size = 48
+    train, image, host, gt = _planted_scratch(size)
+    refiner = _refiner(num_candidates=10)
+    refiner.fit_prior(train)
+    refiner.prior_fitted.fill_(True)
+    inputs = (image - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
+    host_map = host(inputs).anomaly_map.reshape(1, 1, size, size)
+    refiner.host_pixel_threshold.fill_(float(host_map.amax()) * 1.01)  # the host's mask is empty
+    refiner._image_threshold.fill_(1.0)
+    flagged = refiner.refine_batch(inputs, host_map, host, torch.tensor([2.0]))
+    assert _dice(refiner.binarise(flagged), gt) > 0.3
+    not_flagged = refiner.refine_batch(inputs, host_map, host, torch.tensor([0.5]))
+    assert torch.equal(not_flagged, host_map)
+    assert not refiner.binarise(not_flagged).any()
+    refiner.follow_image_decision = False
+    assert torch.equal(refiner.refine_batch(inputs, host_map, host, torch.tensor([2.0])), host_map)
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def test_unknown_host_error_names_model() -> None:
     with pytest.raises(TypeError, match=r"No differentiable F2PAD scorer .* 'Linear'"):

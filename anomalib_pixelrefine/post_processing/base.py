@@ -114,6 +114,11 @@ class RefiningPostProcessor(PostProcessor):
         support_ratio: ``"host"`` output: a pixel belongs to the refined support when its refined anomaly
             ``||x - n||`` exceeds this fraction of the image's largest one inside the ROI (scale-free).
         roi_dilation: Dilation radius (px) of the initial mask ``m0`` giving the refined region (ROI).
+        follow_image_decision: ``"host"`` output: an image whose host score is above the calibrated image threshold
+            but whose map has no pixel above the host's pixel threshold (an anomalous image with an empty mask) gets
+            ``m0`` from its own range (``min + flagged_seed_ratio (max - min)``: the host's peak region) and its
+            refined support just above the pixel threshold, so the mask agrees with the image label.
+        flagged_seed_ratio: See ``follow_image_decision``.
         max_train_images: Training images kept to fit the prior.
         seed: Random seed of the prior fitting.
         **kwargs: anomalib ``PostProcessor`` arguments (``enable_normalization``, ``image_sensitivity``, ...).
@@ -128,6 +133,8 @@ class RefiningPostProcessor(PostProcessor):
         output: str = "host",
         support_ratio: float = 0.3,
         roi_dilation: int = 6,
+        follow_image_decision: bool = True,
+        flagged_seed_ratio: float = 0.9,
         max_train_images: int = 64,
         seed: int = 0,
         **kwargs: Any,
@@ -140,6 +147,7 @@ class RefiningPostProcessor(PostProcessor):
         check_choice(owner, "output", output, OUTPUTS)
         check_number(owner, "support_ratio", support_ratio, 0, 1)
         check_number(owner, "roi_dilation", roi_dilation, 0, integer=True)
+        check_number(owner, "flagged_seed_ratio", flagged_seed_ratio, 0, 1)
         check_number(owner, "max_train_images", max_train_images, 1, integer=True)
         check_seed(owner, seed)
         self.enable_refinement = enable_refinement
@@ -149,6 +157,8 @@ class RefiningPostProcessor(PostProcessor):
         self.output = output
         self.support_ratio = support_ratio
         self.roi_dilation = roi_dilation
+        self.follow_image_decision = bool(follow_image_decision)
+        self.flagged_seed_ratio = flagged_seed_ratio
         self.max_train_images = max_train_images
         self.seed = seed
         self.register_buffer("pixel_mean", torch.zeros(3))
@@ -207,6 +217,8 @@ class RefiningPostProcessor(PostProcessor):
             "mask_threshold",
             "opening_size",
             "output",
+            "follow_image_decision",
+            "flagged_seed_ratio",
             "support_ratio",
             "roi_dilation",
             "max_train_images",
@@ -368,7 +380,7 @@ class RefiningPostProcessor(PostProcessor):
 
     def _refine_and_finalise(self, batch: Batch, host_model: nn.Module) -> None:
         if self.enable_refinement and batch.anomaly_map is not None:
-            batch.anomaly_map = self.refine_batch(batch.image, batch.anomaly_map, host_model)
+            batch.anomaly_map = self.refine_batch(batch.image, batch.anomaly_map, host_model, batch.pred_score)
         out = self.finalise(batch.pred_score, batch.anomaly_map)
         batch.anomaly_map, batch.pred_score = out.anomaly_map, out.pred_score
         if self.enable_thresholding:
@@ -393,6 +405,35 @@ class RefiningPostProcessor(PostProcessor):
             high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
             return host_maps > low + 0.5 * (high - low)
         return host_maps > threshold.to(host_maps)
+
+    def _initial_masks_and_flags(
+        self, host_maps: torch.Tensor, host_scores: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``m0`` and the anomalous-by-score images with an empty ``m0`` (``follow_image_decision``), or ``None``."""
+        initial = self.initial_masks(host_maps)
+        threshold = self._image_threshold
+        ready = self.follow_image_decision and self.output == "host" and host_scores is not None
+        if not ready or torch.isnan(threshold) or torch.isnan(self.host_pixel_threshold):
+            return initial, None
+        scores = host_scores.detach().reshape(-1).to(host_maps)
+        flagged = (scores > threshold.to(scores)) & ~initial.flatten(1).any(1)
+        if not bool(flagged.any()):
+            return initial, None
+        low = host_maps.flatten(1).amin(1).view(-1, 1, 1, 1)
+        high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+        own = (host_maps > low + self.flagged_seed_ratio * (high - low)) & flagged.view(-1, 1, 1, 1)
+        return initial | own, flagged
+
+    def _lift_flagged(self, refined: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
+        """Support pixels of flagged images go just above the host's pixel threshold (they were below it)."""
+        support = self.last_info.get("support") if isinstance(self.last_info, dict) else None
+        if support is None:
+            return refined
+        threshold = self.host_pixel_threshold.to(refined)
+        above = threshold + 1e-3 * threshold.abs().clamp_min(1.0)  # survives min-max normalisation in float32
+        lift = support & flagged.view(-1, 1, 1, 1)
+        self.last_info["lifted"] = flagged
+        return torch.where(lift, torch.maximum(refined, above), refined)
 
     def host_maps_of(self, host_model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         """Raw host anomaly maps ``(B, 1, H, W)`` of images ``pixels`` in ``[0, 1]`` (one batched forward)."""
@@ -445,8 +486,16 @@ class RefiningPostProcessor(PostProcessor):
             maps[todo] = torch.where(roi_t, inside, h)
         return maps, support
 
-    def refine_batch(self, images: torch.Tensor, host_maps: torch.Tensor, host_model: nn.Module) -> torch.Tensor:
+    def refine_batch(
+        self,
+        images: torch.Tensor,
+        host_maps: torch.Tensor,
+        host_model: nn.Module,
+        host_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Refine a batch: ``images`` in host input space, raw ``host_maps`` -> refined raw maps ``(B, 1, H, W)``.
+
+        ``host_scores`` (raw image scores) enable ``follow_image_decision``.
 
         Raises:
             RuntimeError: If the prior was not fitted.
@@ -470,9 +519,10 @@ class RefiningPostProcessor(PostProcessor):
             was_training = host_model.training
             host_model.eval()
             try:
-                refined = self.refine_maps(
-                    self.to_pixels(images).clamp(0, 1), maps, self.initial_masks(maps), host_model
-                )
+                initial, flagged = self._initial_masks_and_flags(maps, host_scores)
+                refined = self.refine_maps(self.to_pixels(images).clamp(0, 1), maps, initial, host_model)
+                if flagged is not None:
+                    refined = self._lift_flagged(refined, flagged)
             finally:
                 host_model.train(was_training)
                 self.__dict__.pop("_captured", None)  # the scorer's own host calls are not inputs to refine
@@ -528,7 +578,7 @@ class RefiningPostProcessor(PostProcessor):
             )
             raise RuntimeError(msg)
         host_model, images = captured
-        refined = self.refine_batch(images, predictions.anomaly_map, host_model)
+        refined = self.refine_batch(images, predictions.anomaly_map, host_model, predictions.pred_score)
         return self.finalise(predictions.pred_score, refined)
 
 
