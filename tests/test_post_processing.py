@@ -564,11 +564,12 @@ def _periodic(shift_y: torch.Tensor, shift_x: torch.Tensor, size: int = 40) -> t
     return torch.stack([grey, grey * 0.8, 1 - grey], 1)
 
 
-def test_exemplar_fill_continues_the_texture_where_telea_smears() -> None:
+@pytest.mark.parametrize("size", [40, 272])  # 272 px: the coarse search runs at 1/3 (bounded to ~128 px)
+def test_exemplar_fill_continues_the_texture_where_telea_smears(size: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    bank = _periodic(torch.randint(0, 35, (6,), generator=gen), torch.randint(0, 35, (6,), generator=gen))
-    clean = _periodic(torch.tensor([3, 11]), torch.tensor([4, 2]))
-    mask = torch.zeros(2, 1, 40, 40, dtype=torch.bool)
+    bank = _periodic(torch.randint(0, 35, (6,), generator=gen), torch.randint(0, 35, (6,), generator=gen), size)
+    clean = _periodic(torch.tensor([3, 11]), torch.tensor([4, 2]), size)
+    mask = torch.zeros(2, 1, size, size, dtype=torch.bool)
     mask[0, :, 12:28, 10:26] = True  # a large square
     image = torch.where(mask, torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1), clean)
     filled = exemplar_fill(image, mask, bank)
@@ -579,7 +580,7 @@ def test_exemplar_fill_continues_the_texture_where_telea_smears() -> None:
     assert exemplar_error < 0.02 < 0.05 < telea_error
     assert torch.equal(filled[~mask.expand_as(filled)], image[~mask.expand_as(image)])  # known pixels and image 1
     # No known pixel around the mask: Telea's fallback, not an error.
-    full = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+    full = torch.ones(1, 1, size, size, dtype=torch.bool)
     assert torch.isfinite(exemplar_fill(image[:1], full, bank)).all()
 
 

@@ -183,7 +183,7 @@ def exemplar_fill(
         mask: ``(B, 1, H, W)`` bool, pixels to fill.
         bank: Normal images ``(K, 3, H, W)`` in ``[0, 1]`` (resized to ``x`` if needed).
         ring: Known context around the mask's bounding box.
-        search_scale: Down-sampling of the coarse search.
+        search_scale: Down-sampling of the coarse search (at least ``ceil(max(H, W) / 128)``).
 
     Returns:
         Filled images, same shape/dtype/device as ``x``; images whose box has no known pixel fall back to
@@ -194,7 +194,8 @@ def exemplar_fill(
     bank = bank.to(x)
     out = x.detach().clone()
     h, w = x.shape[-2:]
-    s = max(1, int(search_scale))
+    # The coarse search runs on at most ~128 px (its cost grows with the image area times the box area).
+    s = max(1, int(search_scale), math.ceil(max(h, w) / 128))
     coarse_bank = F.avg_pool2d(bank, s) if s > 1 else bank
     fallback = []
     for i in range(x.shape[0]):  # per image: each has its own template (box size and known pixels)
