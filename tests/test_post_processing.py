@@ -402,11 +402,18 @@ def test_bad_arguments_and_unfitted_prior() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Engine
+def _engine_fit(model: nn.Module, data_root: Path, root: Path) -> tuple[Engine, MVTecAD]:
+    """Fit ``model`` for one epoch on the tiny gravel data (batches of 4) -> ``(engine, datamodule)``."""
+    datamodule = MVTecAD(root=data_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
+    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=root)
+    engine.fit(model, datamodule=datamodule)
+    return engine, datamodule
+
+
 @pytest.fixture(scope="module")
 def fitted(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("f2pad_engine")
-    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
     model = Patchcore(
         backbone="resnet18",
         layers=["layer2", "layer3"],
@@ -415,8 +422,7 @@ def fitted(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
         pre_processor=Patchcore.configure_pre_processor(image_size=(64, 64)),
         post_processor=F2PAD(max_iters=10),
     )
-    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=root)
-    engine.fit(model, datamodule=datamodule)
+    engine, datamodule = _engine_fit(model, tiny_mvtec_root, root)
     return engine, model, datamodule, root
 
 
@@ -439,9 +445,7 @@ def test_pixel_output_calibrates_on_refined_maps(tiny_mvtec_root: Path, tmp_path
         pre_processor=Padim.configure_pre_processor(image_size=(32, 32)),
         post_processor=F2PAD(max_iters=2, output="pixel"),
     )
-    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
-    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=tmp_path)
-    engine.fit(model, datamodule=datamodule)
+    _engine_fit(model, tiny_mvtec_root, tmp_path)
     refiner = model.post_processor
     # Refined maps are ||x - n|| in [0, sqrt(3)], host PaDiM distances are not: distinct calibrations.
     assert 0 < refiner._pixel_threshold.item() < 2.0
@@ -538,7 +542,6 @@ def test_checkpoint_restores_refiner_without_arguments_or_into_a_fresh_one(
 
 def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    datamodule = MVTecAD(root=tiny_mvtec_root, category="gravel", num_workers=0, train_batch_size=4, eval_batch_size=4)
     model = Padim(
         backbone="resnet18",
         layers=["layer1", "layer2"],
@@ -547,8 +550,7 @@ def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None
         pre_processor=Padim.configure_pre_processor(image_size=(64, 64)),
         post_processor=PaedidRefiner(pae_epochs=2, steps=10),
     )
-    engine = Engine(accelerator="cpu", devices=1, logger=False, max_epochs=1, default_root_dir=tmp_path)
-    engine.fit(model, datamodule=datamodule)
+    engine, datamodule = _engine_fit(model, tiny_mvtec_root, tmp_path)
     assert model.post_processor.pae.is_fitted
     predictions = engine.predict(model, datamodule=datamodule)
     maps = torch.cat([batch.anomaly_map.flatten(1) for batch in predictions])
