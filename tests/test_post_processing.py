@@ -586,6 +586,25 @@ def test_exemplar_fill_continues_the_texture_where_telea_smears(size: int) -> No
     assert torch.isfinite(exemplar_fill(image[:1], full, bank)).all()
 
 
+def test_exemplar_windows_explain_each_pixel_by_the_closest_normal_window() -> None:
+    """Half the box is one training texture, half another: one window explains half, two explain all but the defect."""
+    size = 40
+    gen = torch.Generator().manual_seed(1)
+    bank = F.avg_pool2d(torch.rand(6, 3, size + 2, size + 2, generator=gen), 3, 1)  # smooth random textures
+    clean = torch.cat([bank[:1, ..., : size // 2], bank[1:2, ..., size // 2 :]], -1)
+    mask = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    mask[..., 10:30, 10:30] = True
+    stroke = torch.zeros_like(mask)
+    stroke[..., 19:21, 12:28] = True  # the defect: a dark bar across both halves
+    image = torch.where(stroke, torch.zeros(1, 3, 1, 1), clean)
+    residual = {k: (exemplar_fill(image, mask, bank, windows=k) - image).abs().sum(1, keepdim=True) for k in (1, 2)}
+    normal = mask & ~stroke
+    assert residual[2][normal].mean() < 0.03 < 0.1 < residual[1][normal].mean()  # one window misses a half
+    assert residual[2][stroke].mean() > 0.5  # no normal window explains the defect
+    with pytest.raises(ValueError, match="exemplar_windows"):
+        F2PAD(exemplar_windows=0)
+
+
 def test_exemplar_initialisation_keeps_training_images_through_a_checkpoint() -> None:
     train = _texture_tiles(6, 32, seed=0)
     refiner = _refiner(init="exemplar", num_exemplars=4)

@@ -134,6 +134,10 @@ class F2PAD(RefiningPostProcessor):
             :func:`~anomalib_pixelrefine.post_processing.optim.exemplar_fill`), ``"pae"`` (PAE deep prior trained on
             the training images) or ``"image"``.
         num_exemplars: Training images kept for ``init="exemplar"``.
+        exemplar_windows: Best windows (from different stored images) combined per pixel by ``init="exemplar"``:
+            each pixel takes the window closest to the image, so only pixels no normal window explains stand out
+            (chosen on the validation split of the realistic benchmark: 1 -> 5 windows raised deployed Dice
+            0.569 -> 0.625, mean of 4 host/set pairs).
         reestimate: Re-estimate ``n`` with ``β = 0`` inside the final mask (stored in ``last_info["background"]``).
         reestimate_iters: Iterations of the re-estimation.
         pae_epochs: PAE training epochs when ``init="pae"``.
@@ -169,6 +173,7 @@ class F2PAD(RefiningPostProcessor):
         num_candidates: int = 50,
         init: str = "exemplar",
         num_exemplars: int = 16,
+        exemplar_windows: int = 5,
         reestimate: bool = False,
         reestimate_iters: int = 50,
         pae_epochs: int = 20,
@@ -190,7 +195,7 @@ class F2PAD(RefiningPostProcessor):
         integers = {"n_components": (n_components, 1), "ks": (ks, 0), "max_iters": (max_iters, 0)}
         integers |= {"check_every": (check_every, 1), "context": (context, 0)}
         integers |= {"num_candidates": (num_candidates, 1), "reestimate_iters": (reestimate_iters, 0)}
-        integers |= {"num_exemplars": (num_exemplars, 1)}
+        integers |= {"num_exemplars": (num_exemplars, 1), "exemplar_windows": (exemplar_windows, 1)}
         integers |= {"pae_epochs": (pae_epochs, 0), "prior_pixels": (prior_pixels, 1), "crop_align": (crop_align, 1)}
         check_widths(owner, "pae_channels", pae_channels)
         for name, (value, low) in integers.items():
@@ -203,6 +208,7 @@ class F2PAD(RefiningPostProcessor):
         self.max_iters, self.tol, self.check_every = max_iters, tol, check_every
         self.roi_local, self.context = roi_local, context
         self.num_candidates, self.init, self.num_exemplars = num_candidates, init, num_exemplars
+        self.exemplar_windows = exemplar_windows
         self.reestimate, self.reestimate_iters, self.pae_epochs = reestimate, reestimate_iters, pae_epochs
         self.pae_channels = [int(c) for c in pae_channels]
         self.prior_pixels, self.crop_align = prior_pixels, crop_align
@@ -219,7 +225,7 @@ class F2PAD(RefiningPostProcessor):
         "alpha1", "alpha2", "beta0", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step", "gradient_sharing",
         "ks", "sigma0", "sigma1", "clip", "range_weight", "max_iters", "tol", "check_every", "roi_local",
         "context", "num_candidates", "reestimate", "reestimate_iters",
-        "prior_pixels", "crop_align", "num_exemplars",
+        "prior_pixels", "crop_align", "num_exemplars", "exemplar_windows",
     )  # fmt: skip
 
     @property
@@ -270,7 +276,7 @@ class F2PAD(RefiningPostProcessor):
             if len(self.exemplars) == 0:
                 msg = 'F2PAD(init="exemplar") has no stored training images: fit it (fit_prior) or load its checkpoint'
                 raise RuntimeError(msg)
-            return exemplar_fill(pixels, fill, self.exemplars)
+            return exemplar_fill(pixels, fill, self.exemplars, windows=self.exemplar_windows)
         return inpaint(pixels, fill)
 
     # ------------------------------------------------------------------ objective

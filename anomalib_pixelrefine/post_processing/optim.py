@@ -168,15 +168,23 @@ def _masked_ssd(bank: torch.Tensor, template: torch.Tensor, known: torch.Tensor)
 
 @torch.no_grad()
 def exemplar_fill(
-    x: torch.Tensor, mask: torch.Tensor, bank: torch.Tensor, ring: int = 8, search_scale: int = 2
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    bank: torch.Tensor,
+    ring: int = 8,
+    search_scale: int = 2,
+    windows: int = 1,
 ) -> torch.Tensor:
-    """Fill ``mask`` with the best-matching window of normal training images (exemplar inpainting for ``n0``).
+    """Fill ``mask`` with the best-matching windows of normal training images (exemplar inpainting for ``n0``).
 
     For each image, the mask's bounding box plus ``ring`` pixels is the template; its known (unmasked) pixels are
     matched against every window of every bank image (masked SSD as correlations, coarse search at
     ``1/search_scale`` then a ±``search_scale`` full-resolution refinement). The best window's pixels fill the mask,
     shifted by the per-channel mean difference over the known pixels. Unlike Telea (a smooth diffusion of the
-    border), this puts normal texture and structure into large regions.
+    border), this puts normal texture and structure into large regions. With ``windows > 1`` the best window of
+    each of the ``windows`` best-matching bank images is kept and every pixel takes the one closest to ``x``: a
+    pixel then counts as changed only if no plausible normal window explains it (e.g. a mortar line that one
+    window misplaces).
 
     Args:
         x: Images ``(B, 3, H, W)`` in ``[0, 1]``.
@@ -184,6 +192,7 @@ def exemplar_fill(
         bank: Normal images ``(K, 3, H, W)`` in ``[0, 1]`` (resized to ``x`` if needed).
         ring: Known context around the mask's bounding box.
         search_scale: Down-sampling of the coarse search (at least ``ceil(max(H, W) / 128)``).
+        windows: Number of windows (from different bank images) combined per pixel.
 
     Returns:
         Filled images, same shape/dtype/device as ``x``; images whose box has no known pixel fall back to
@@ -197,6 +206,7 @@ def exemplar_fill(
     # The coarse search runs on at most ~128 px (its cost grows with the image area times the box area).
     s = max(1, int(search_scale), math.ceil(max(h, w) / 128))
     coarse_bank = F.avg_pool2d(bank, s) if s > 1 else bank
+    windows = max(1, min(int(windows), len(bank)))
     fallback = []
     for i in range(x.shape[0]):  # per image: each has its own template (box size and known pixels)
         m = mask[i, 0]
@@ -210,26 +220,31 @@ def exemplar_fill(
             fallback.append(i)
             continue
         th, tw = y1 - y0, x1 - x0
-        # Coarse search over all windows of all bank images.
-        if s > 1 and th >= 2 * s and tw >= 2 * s:
+        coarse = s > 1 and th >= 2 * s and tw >= 2 * s
+        if coarse:  # coarse search over all windows of all bank images
             ct, ck = F.avg_pool2d(template[None], s)[0], F.avg_pool2d(known[None, None], s)[0, 0]
             ssd = _masked_ssd(coarse_bank, ct, ck)
-            k, pos = divmod(int(ssd.flatten().argmin()), ssd.shape[1] * ssd.shape[2])
-            cy, cx = divmod(pos, ssd.shape[2])
-            ys, xs = max(cy * s - s, 0), max(cx * s - s, 0)
-            ye, xe = min(cy * s + s + th, h), min(cx * s + s + tw, w)
-            candidates = bank[k : k + 1, :, ys:ye, xs:xe]
-        else:
-            k, ys, xs, candidates = None, 0, 0, bank
-        # Full-resolution refinement around the coarse match (or the full search for small boxes).
-        ssd = _masked_ssd(candidates, template, known)
-        kk, pos = divmod(int(ssd.flatten().argmin()), ssd.shape[1] * ssd.shape[2])
-        dy, dx = divmod(pos, ssd.shape[2])
-        k = kk if k is None else k
-        window = bank[k, :, ys + dy : ys + dy + th, xs + dx : xs + dx + tw]
-        shift = ((template - window) * known).flatten(1).sum(1) / known.sum()
-        filled = (window + shift.view(3, 1, 1)).clamp(0, 1)
-        out[i, :, y0:y1, x0:x1] = torch.where(m[y0:y1, x0:x1], filled, template)
+        else:  # small boxes: full-resolution search everywhere
+            ssd = _masked_ssd(bank, template, known)
+        width = ssd.shape[2]
+        best, where = ssd.flatten(1).min(1)
+        fills = []
+        for k in best.topk(windows, largest=False).indices.tolist():  # best window of each of the best images
+            cy, cx = divmod(int(where[k]), width)
+            if coarse:  # full-resolution refinement around the coarse match
+                ys, xs = max(cy * s - s, 0), max(cx * s - s, 0)
+                ye, xe = min(cy * s + s + th, h), min(cx * s + s + tw, w)
+                fine = _masked_ssd(bank[k : k + 1, :, ys:ye, xs:xe], template, known)
+                dy, dx = divmod(int(fine.flatten().argmin()), fine.shape[2])
+                cy, cx = ys + dy, xs + dx
+            window = bank[k, :, cy : cy + th, cx : cx + tw]
+            shift = ((template - window) * known).flatten(1).sum(1) / known.sum()
+            fills.append((window + shift.view(3, 1, 1)).clamp(0, 1))
+        filled = torch.stack(fills)
+        if windows > 1:  # per pixel, the window closest to the image
+            pick = (filled - template).pow(2).sum(1, keepdim=True).argmin(0, keepdim=True)
+            filled = filled.gather(0, pick.expand(1, 3, th, tw))
+        out[i, :, y0:y1, x0:x1] = torch.where(m[y0:y1, x0:x1], filled[0], template)
     if fallback:
         out[fallback] = inpaint(x[fallback], mask[fallback])
     return out
