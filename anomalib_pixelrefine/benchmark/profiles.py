@@ -246,9 +246,9 @@ _CFLOW_HOST = {"class_path": "Cflow", "init_args": {**_LITE0, "layers": ["blocks
 #: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
 #: exemplar background of the training images, no optimisation; ``f2pad_inpaint``: the Telea background, no
 #: optimisation; ``f2pad_paper``: Telea and the paper's optimisation with its stopping rule, the default before
-#: issue 16) and with PAEDID, on a regular texture and the real solar cells (two backgrounds: refiners cost seconds
-#: per image on a shared 2-core CPU; add ``grass``/``gravel`` where time allows). The hosts' oracle rows are in
-#: ``realistic``.
+#: issue 16; ``f2pad_1window``: one exemplar window per ROI, the default before ``exemplar_windows``) and with
+#: PAEDID, on a regular texture and the real solar cells (two backgrounds: refiners cost seconds per image on a shared
+#: 2-core CPU; add ``grass``/``gravel`` where time allows). The hosts' oracle rows are in ``realistic``.
 REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
     "output_dir": "benchmarks/results/realistic_refiners",
@@ -263,6 +263,7 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
                 "f2pad",
                 {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 0}, "name": "f2pad_inpaint"},
                 {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 100}, "name": "f2pad_paper"},
+                {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"},
                 "paedid",
             ],
         },
