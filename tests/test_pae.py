@@ -219,6 +219,18 @@ def test_deep_prior_follows_external_patch_scores():
     assert cols.min() >= 12 - 4
 
 
+def test_deep_prior_searches_only_the_replaced_patches_with_the_same_result():
+    """The refiner's prior (external scores) searches the bank for the top-α patches only: same prior as the full."""
+    gen = torch.Generator().manual_seed(0)
+    model = PaeModel(channels=(4, 8), alpha=0.2).eval()
+    model.build_memory_bank(model.encode(torch.rand(6, 3, 32, 32, generator=gen)))
+    x, scores = torch.rand(3, 3, 32, 32, generator=gen), torch.rand(3, 1, 32, 32, generator=gen)
+    full = model.deep_prior_with_scores(x, patch_scores=scores)[0]
+    torch.testing.assert_close(model.deep_prior(x, patch_scores=scores), full, rtol=0, atol=1e-6)
+    assert not torch.allclose(full, model.decode(model.encode(x)))  # patches were replaced
+    torch.testing.assert_close(model.deep_prior(x, patch_scores=scores, alpha=0.0), model.decode(model.encode(x)))
+
+
 @pytest.mark.parametrize("noisy", [False, True])
 def test_decomposition_lowers_its_objective(noisy):
     gen = torch.Generator().manual_seed(0)

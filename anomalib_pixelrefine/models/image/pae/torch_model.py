@@ -464,11 +464,29 @@ class PaeModel(DynamicBufferMixin, nn.Module):
         z_replaced, _ = self.replace_top_patches(z, retrieved, selector, self.alpha if alpha is None else alpha)
         return self.decode(z_replaced), scores
 
+    @torch.no_grad()
     def deep_prior(
         self, x: torch.Tensor, patch_scores: torch.Tensor | None = None, alpha: float | None = None
     ) -> torch.Tensor:
-        """Deep image prior ``X̂`` (see :meth:`deep_prior_with_scores`)."""
-        return self.deep_prior_with_scores(x, patch_scores, alpha)[0]
+        """Deep image prior ``X̂`` (see :meth:`deep_prior_with_scores`).
+
+        With external ``patch_scores`` (the refiner's case) only the replaced patches are searched in the memory
+        bank: the same prior for ``α`` of the kNN cost (the search dominates the prior's time).
+        """
+        if patch_scores is None or self.aligned or is_exporting():
+            return self.deep_prior_with_scores(x, patch_scores, alpha)[0]
+        self._check_fitted()
+        z = self.encode(x)
+        batch, channels, height, width = z.shape
+        selector = self._patch_scores_from(patch_scores, (height, width))
+        _, mask = self.replace_top_patches(z, z, selector, self.alpha if alpha is None else alpha)
+        picked = mask.flatten(1)  # (B, P)
+        query = F.normalize(self.aggregate(z.float())[picked], dim=-1)  # (N, D), selected positions only
+        retrieved = torch.zeros(batch, height * width, channels, dtype=torch.float32, device=z.device)
+        if len(query) > 0:
+            retrieved[picked] = self._knn_global(query)[1].mean(1)
+        retrieved = retrieved.transpose(1, 2).reshape(batch, channels, height, width).to(z.dtype)
+        return self.decode(torch.where(mask, retrieved, z))
 
     # ------------------------------------------------------------------ inference
     def split(
