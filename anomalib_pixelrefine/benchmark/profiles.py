@@ -84,7 +84,7 @@ QUICK_PROFILE: dict[str, Any] = {
             "grid": [
                 "default",
                 {"class_path": "f2pad", "init_args": {"max_iters": 15, "check_every": 5}},
-                {"class_path": "paedid", "init_args": {"channels": [16, 32], "pae_epochs": 8}},
+                {"class_path": "paedid", "init_args": {"channels": [16, 32]}},
             ],
         },
         "data": {
@@ -447,6 +447,9 @@ _PAE_VARIANTS = {
     "Pae_PAE": {"decompose": False},
     "Pae_SSIM_loss": {"decompose": False, "reconstruction_loss": "ssim"},
 }
+#: The PAEDID refiner's PAE training before issue 16's third pass (20 epochs of 8 images per step).
+_PAEDID_PAPER_TRAINING = {"pae_epochs": 20, "pae_batch_size": 8}
+
 #: PAEDID on cracks (the paper's setting): Pae with its decomposition (PAEDID), without it (PAE, the paper's ablation),
 #: the same autoencoder trained with the SSIM loss (residual map), PatchCore; and the PAEDID refiner on PaDiM and
 #: PatchCore.
@@ -454,7 +457,7 @@ PAE_PROFILE = _method_profile(
     "pae",
     [*_variants("Pae", _PAE_64, _PAE_VARIANTS, engine={"max_epochs": 20}), _PADIM_64, _PATCHCORE_64],
     _method_data("pae", ["brick", "elpv"], defects=["crack"], n_test_defect=6),
-    post_processor={"grid": ["default", {"class_path": "paedid", "init_args": {**_PAE_64, "pae_epochs": 20}}]},
+    post_processor={"grid": ["default", {"class_path": "paedid", "init_args": {**_PAE_64, **_PAEDID_PAPER_TRAINING}}]},
     exclude=[{"model": list(_PAE_VARIANTS), "post_processor": "paedid"}],
 )
 

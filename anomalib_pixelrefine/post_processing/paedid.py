@@ -44,6 +44,9 @@ class PaedidRefiner(RefiningPostProcessor):
         alpha: Fraction of latent patches replaced (top by host score).
         pae_epochs: PAE training epochs on the training images.
         pae_lr: PAE learning rate.
+        pae_batch_size: Training images per PAE step. The default 3 epochs of 2 images per step give the same
+            refined Dice as 20 epochs of 8 on the validation split of the realistic benchmark (mean of 5 host/set/seed
+            runs: 0.526 vs 0.519) at a sixth of the fit time (post_processing README).
         lam: Sparsity ``λ`` of eq. 3 (``λ1`` of eq. 4).
         steps: Decomposition iterations.
         lr: Decomposition learning rate.
@@ -67,8 +70,9 @@ class PaedidRefiner(RefiningPostProcessor):
         aggregation_length: int = 3,
         num_neighbors: int = 9,
         alpha: float = 0.1,
-        pae_epochs: int = 20,
+        pae_epochs: int = 3,
         pae_lr: float = 1e-3,
+        pae_batch_size: int = 2,
         lam: float = 1.0,
         steps: int = 30,
         lr: float = 0.05,
@@ -83,6 +87,7 @@ class PaedidRefiner(RefiningPostProcessor):
         for name, value, low in (("aggregation_length", aggregation_length, 1), ("num_neighbors", num_neighbors, 1)):
             check_number(owner, name, value, low, integer=True)
         check_number(owner, "pae_epochs", pae_epochs, 0, integer=True)
+        check_number(owner, "pae_batch_size", pae_batch_size, 1, integer=True)
         check_number(owner, "steps", steps, 0, integer=True)
         check_number(owner, "alpha", alpha, 0, 1)
         for name, value in (("pae_lr", pae_lr), ("lr", lr)):
@@ -94,6 +99,7 @@ class PaedidRefiner(RefiningPostProcessor):
         self.num_neighbors = num_neighbors
         self.pae_epochs = pae_epochs
         self.pae_lr = pae_lr
+        self.pae_batch_size = pae_batch_size
         self.pae = self._build_pae(
             {"alpha": alpha, "lam": lam, "steps": steps, "lr": lr, "noisy": noisy, "lam_ssim": lam_ssim}
         )
@@ -135,7 +141,7 @@ class PaedidRefiner(RefiningPostProcessor):
         """Train the PAE and build its latent memory bank."""
         torch.manual_seed(self.seed)
         images, _ = pae_input(self.pae, images)
-        train_pae(self.pae, images, self.pae_epochs, self.pae_lr, seed=self.seed)
+        train_pae(self.pae, images, self.pae_epochs, self.pae_lr, batch_size=self.pae_batch_size, seed=self.seed)
 
     def refine_maps(
         self,
