@@ -45,8 +45,8 @@ class PaedidRefiner(RefiningPostProcessor):
         pae_epochs: PAE training epochs on the training images.
         pae_lr: PAE learning rate.
         pae_batch_size: Training images per PAE step. The default 3 epochs of 2 images per step give the same
-            refined Dice as 20 epochs of 8 on the validation split of the realistic benchmark (mean of 5 host/set/seed
-            runs: 0.526 vs 0.519) at a sixth of the fit time (post_processing README).
+            refined Dice as 20 epochs of 8 on the validation split of the realistic benchmark (mean of 8 host/set/seed
+            runs: 0.525 vs 0.527) at a sixth of the fit time (post_processing README).
         lam: Sparsity ``λ`` of eq. 3 (``λ1`` of eq. 4).
         steps: Decomposition iterations.
         lr: Decomposition learning rate.
