@@ -124,7 +124,8 @@ class F2PAD(RefiningPostProcessor):
         max_iters: Maximum iterations (paper: 1200 on a GPU). Default 0: the refined background is ``n0`` itself;
             on the realistic benchmark (11 defect kinds, pretrained hosts, deployed threshold) the optimisation did
             not improve on the exemplar ``n0`` and cost 40-70x the time; on the paper's high-contrast cut-paste
-            defects ``init="inpaint", max_iters=50`` gains +0.2 Dice more (benchmarks README, profile ``f2pad``).
+            defects ``init="inpaint", max_iters=50`` gains +0.03 Dice over PatchCore, −0.01 over PaDiM (profile
+            ``f2pad``).
         tol: Stop an image when its objective decreased by less than ``tol`` (relative) over ``check_every`` steps.
         check_every: Stopping-rule window.
         roi_local: Optimise/score crops around the ROI (``False``: the full image — for the speed-up comparison).
