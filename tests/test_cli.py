@@ -102,6 +102,16 @@ def test_help_lists_our_models_and_post_processors(command):
         assert "Anomalib CLI Guide" in text  # anomalib's own guide is still shown
 
 
+@pytest.mark.parametrize(
+    ("command", "option"), [("demo", "--n_test_defect"), ("benchmark", "--config"), ("weights", "--install")]
+)
+def test_our_commands_print_their_help(command, option):
+    """``pixelrefine demo --help`` (advertised in the README) lists its options; a ``%`` in a docstring broke it."""
+    result = _run(sys.executable, "-m", "anomalib_pixelrefine.cli", command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert option in result.stdout, result.stdout[-2000:]
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_shipped_configs_parse(config):
     """Every config in ``configs/`` is accepted by ``pixelrefine train --config`` (class paths and argument names)."""
