@@ -306,6 +306,29 @@ REFINER_SPEED_224_PROFILE: dict[str, Any] = {
     },
 }
 
+#: Seeds 1 and 2 of the refiner comparison (issue 16: are the per-kind gains more than one seed's luck?): the same
+#: test data as ``realistic_refiners``; the seed changes the held-back calibration images, the hosts' and the
+#: refiners' randomness. PaDiM and PatchCore alone, with the default F2PAD and with one exemplar window.
+REALISTIC_REFINERS_SEEDS_PROFILE: dict[str, Any] = {
+    **REALISTIC_REFINERS_PROFILE,
+    "output_dir": "benchmarks/results/realistic_refiners_seeds",
+    "qualitative_samples": 0,
+    "plots": False,
+    "exclude": [],
+    "benchmark": {
+        **REALISTIC_REFINERS_PROFILE["benchmark"],
+        "seed": {"grid": [1, 2]},
+        "model": {"grid": _REALISTIC_HOST_SPECS},
+        "post_processor": {
+            "grid": [
+                "default",
+                "f2pad",
+                {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"},
+            ],
+        },
+    },
+}
+
 # --------------------------------------------------------------------------------------------- method profiles
 # Reduced sizes for a shared 2-core CPU (64 px, 16 training images, one seed); raise them where time allows. Every
 # method profile but ``data_default`` uses pretrained EfficientNet-Lite backbones and the synthetic calibration (no
@@ -622,6 +645,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": FULL_PROFILE,
     "realistic": REALISTIC_PROFILE,
     "realistic_refiners": REALISTIC_REFINERS_PROFILE,
+    "realistic_refiners_seeds": REALISTIC_REFINERS_SEEDS_PROFILE,
     "refiner_speed_224": REFINER_SPEED_224_PROFILE,
     "f2pad": F2PAD_PROFILE,
     "pni": PNI_PROFILE,
@@ -672,5 +696,7 @@ resnet18) on it at the data's default sizes.""",
 PatchCore with either backbone, 3 seeds.""",
     "issue17_pni": """Issue 17: Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
     "issue17_pni_seeds": """Issue 17: the Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
+    "realistic_refiners_seeds": """Seeds 1-2 of `realistic_refiners`: PaDiM / PatchCore alone, with F2PAD and with one
+exemplar window.""",
     "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone and with the F2PAD variants (brick).""",
 }
