@@ -77,6 +77,12 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
 
 
+def image_range(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image minimum and maximum of ``(B, 1, H, W)`` maps, each ``(B, 1, 1, 1)``."""
+    flat = maps.flatten(1)
+    return flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
+
+
 def _at_size(maps: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """``(B, 1, h, w)`` maps resized (bilinear) to ``size`` when they differ."""
     if maps.shape[-2:] == size:
@@ -401,8 +407,7 @@ class RefiningPostProcessor(PostProcessor):
                     type(self).__name__,
                 )
                 self._warned_threshold = True
-            low = host_maps.flatten(1).amin(1).view(-1, 1, 1, 1)
-            high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+            low, high = image_range(host_maps)
             return host_maps > low + 0.5 * (high - low)
         return host_maps > threshold.to(host_maps)
 
@@ -419,8 +424,7 @@ class RefiningPostProcessor(PostProcessor):
         flagged = (scores > threshold.to(scores)) & ~initial.flatten(1).any(1)
         if not bool(flagged.any()):
             return initial, None
-        low = host_maps.flatten(1).amin(1).view(-1, 1, 1, 1)
-        high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+        low, high = image_range(host_maps)
         own = (host_maps > low + self.flagged_seed_ratio * (high - low)) & flagged.view(-1, 1, 1, 1)
         return initial | own, flagged
 

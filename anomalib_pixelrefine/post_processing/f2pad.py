@@ -26,7 +26,7 @@ from torch import nn
 from anomalib_pixelrefine.checks import check_choice, check_number, check_widths
 from anomalib_pixelrefine.models.image.pae import PaeModel, pae_input, train_pae
 
-from .base import RefiningPostProcessor, dilate, seeded_module
+from .base import RefiningPostProcessor, dilate, image_range, seeded_module
 from .optim import (
     PixelAdan,
     bilateral_weights,
@@ -399,8 +399,7 @@ class F2PAD(RefiningPostProcessor):
         start = time.perf_counter()
         b, _, h, w = pixels.shape
         roi_full = dilate(initial_masks, self.roi_dilation)
-        low = host_maps.flatten(1).amin(1).view(-1, 1, 1, 1)
-        high = host_maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+        low, high = image_range(host_maps)
         refined = 1e-3 * (host_maps - low) / (high - low).clamp_min(1e-12)  # keeps the host's order outside the ROI
         background = pixels.clone()
         iterations = torch.zeros(b, dtype=torch.long)
