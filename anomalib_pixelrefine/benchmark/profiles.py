@@ -243,6 +243,9 @@ REALISTIC_PROFILE: dict[str, Any] = {
 #: CFLOW host of the refiner benchmark (pretrained lite0, one epoch of flow training on 30 images).
 _CFLOW_HOST = {"class_path": "Cflow", "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"]}}
 
+#: F2PAD with one exemplar window (the default before ``exemplar_windows``), in both refiner comparisons.
+_F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"}
+
 #: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
 #: exemplar background of the training images, no optimisation; ``f2pad_inpaint``: the Telea background, no
 #: optimisation; ``f2pad_paper``: Telea and the paper's optimisation with its stopping rule, the default before
@@ -263,7 +266,7 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
                 "f2pad",
                 {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 0}, "name": "f2pad_inpaint"},
                 {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 100}, "name": "f2pad_paper"},
-                {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"},
+                _F2PAD_1WINDOW,
                 "paedid",
             ],
         },
@@ -323,7 +326,7 @@ REALISTIC_REFINERS_SEEDS_PROFILE: dict[str, Any] = {
             "grid": [
                 "default",
                 "f2pad",
-                {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"},
+                _F2PAD_1WINDOW,
             ],
         },
     },
