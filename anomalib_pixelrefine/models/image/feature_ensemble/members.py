@@ -15,7 +15,6 @@ Images reaching the members are in ``[0, 1]`` (the ensemble's pre-processor only
 normalisation.
 """
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from anomalib_pixelrefine.models.components import input_gradients
+from anomalib_pixelrefine.registry import model_class
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -173,26 +173,6 @@ class ModuleMember(_Member):
         return _as_map_list(self.module(images), self.name)
 
 
-def _resolve_anomalib_class(name: str) -> type:
-    """Anomalib model class from a short name (``"Patchcore"``) or a full import path."""
-    if "." in name:
-        module_name, _, cls_name = name.rpartition(".")
-        module = importlib.import_module(module_name)
-    else:
-        cls_name = name
-        module = importlib.import_module("anomalib.models")
-        if not hasattr(module, cls_name):
-            # this package's models live in anomalib_pixelrefine.models.image.<lower-case name> (e.g. ``Pae``)
-            try:
-                module = importlib.import_module(f"anomalib_pixelrefine.models.image.{name.lower()}")
-            except ImportError:
-                module = importlib.import_module("anomalib_pixelrefine.models.image")
-    if not hasattr(module, cls_name):
-        msg = f"Unknown anomalib model '{name}'; use a class exported by anomalib.models or a full import path"
-        raise ValueError(msg)
-    return getattr(module, cls_name)
-
-
 def _normalize_of(pre_processor: nn.Module | None) -> tuple[list[float] | None, list[float] | None]:
     """Mean/std of the first ``Normalize`` in an anomalib pre-processor, if any."""
     transform = getattr(pre_processor, "transform", None)
@@ -224,7 +204,7 @@ class AnomalibCheckpointMember(_Member):
         if not path.is_file():
             msg = f"Member checkpoint not found: {checkpoint}"
             raise ValueError(msg)
-        cls = _resolve_anomalib_class(model)
+        cls = model_class(model)
         lightning_model = cls.load_from_checkpoint(str(path), map_location="cpu")
         mean, std = _normalize_of(lightning_model.pre_processor) if normalize else (None, None)
         super().__init__(mean, std)
