@@ -100,6 +100,15 @@ def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: 
     # The per-image records and the metric agree on the deployed masks.
     assert defective["dice"].mean() == pytest.approx(row["mean_image_dice"], abs=1e-6)
     assert (defective["pred_area_fraction"] == 0).mean() == pytest.approx(row["empty_mask_rate"], abs=1e-6)
+    # Per size bin, the oracle Dice (bin's defective images + all good ones) is at least the pooled Dice of the
+    # deployed masks on the same pool, recomputed from the per-image records (tp = dice * (pred + gt) / 2).
+    good = per_image[per_image["gt_label"] == 0]
+    for size, part in defective.groupby("size_bin"):
+        pool = pd.concat([part, good])
+        tp = (part["dice"] * (part["pred_area_fraction"] + part["area_fraction"]) / 2).sum()
+        deployed = 2 * tp / (pool["pred_area_fraction"].sum() + pool["area_fraction"].sum())
+        assert deployed - 1e-6 <= row[f"oracle_dice_{size}"] <= 1.0, size
+    assert "Oracle best Dice by defect size" in markdown
     pngs = [
         out / "plots" / "bars_MVTecAD_gravel.png",
         out / "plots" / "dice_vs_size.png",

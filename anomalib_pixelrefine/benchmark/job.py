@@ -380,6 +380,7 @@ class TestOutputCollector(Callback):
         self._start: float | None = None
         self._pending: Any = None
         self._host_maps: list[torch.Tensor | None] = []
+        self._final: list[tuple[torch.Tensor, torch.Tensor, str | None]] = []  # (map, mask, size bin or None)
 
     def _small(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().float().cpu().reshape(1, 1, *tensor.shape[-2:])
@@ -413,6 +414,10 @@ class TestOutputCollector(Callback):
                 pred = F.interpolate(pred, size=gt.shape[-2:], mode="nearest")
             pred = pred[:, 0] > 0.5
         stats = per_image_mask_stats(pred if pred is not None else torch.zeros_like(gt), gt)
+        maps = getattr(batch, "anomaly_map", None)
+        if maps is not None:  # final (post-processed) maps at mask size, for the per-bin oracle
+            maps = maps.detach().cpu().float().reshape(len(maps), 1, *maps.shape[-2:])
+            maps = F.interpolate(maps, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         for index in range(len(gt)):
             area = float(stats["gt_area"][index])
             label = int(labels[index]) if labels is not None else int(area > 0)
@@ -427,6 +432,8 @@ class TestOutputCollector(Callback):
                 "pred_area_fraction": float(stats["pred_area"][index]) if pred is not None else math.nan,
             }
             self.per_image.append(record)
+            if maps is not None and (area > 0 or label == 0):  # defective with a mask, or good
+                self._final.append((maps[index], gt[index], record["size_bin"] if area > 0 else None))
             host = self._host_maps[index] if index < len(self._host_maps) else None
             if host is not None and len(self.samples) < self.n_samples:
                 host_map, host_mask = host
@@ -467,6 +474,22 @@ class TestOutputCollector(Callback):
         """Finish the last batch."""
         del args, kwargs
         self._flush()
+
+    def oracle_dice_by_size_bin(self) -> dict[str, float]:
+        """Best Dice in hindsight per size bin: the bin's defective images pooled with every good test image.
+
+        The good images stay in every pool, so a method that marks normal texture pays for it in every bin. Keys are
+        ``oracle_dice_<bin>`` with the bin names of :data:`~anomalib_pixelrefine.data.SIZE_BINS`.
+        """
+        from anomalib_pixelrefine.metrics.functional import best_threshold_dice
+
+        good = [(m, g) for m, g, size in self._final if size is None]
+        out = {}
+        for size in dict.fromkeys(size for _, _, size in self._final if size is not None):
+            pool = [(m, g) for m, g, s in self._final if s == size] + good
+            dice, _ = best_threshold_dice(torch.stack([m for m, _ in pool]), torch.stack([g for _, g in pool]))
+            out[f"oracle_dice_{size}"] = float(dice)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------------------- job
@@ -610,6 +633,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             row[column] = float(value) if value is not None else math.nan
         row["n_train"] = len(datamodule.train_data) if getattr(datamodule, "train_data", None) is not None else None
         row["n_test"] = collector.n_images
+        row.update(collector.oracle_dice_by_size_bin())
         row["infer_ms_per_image"] = 1000 * collector.seconds / max(collector.n_images, 1)
         row["peak_rss_mb"] = peak_rss_mb(rss_method)
         row["rss_method"] = rss_method

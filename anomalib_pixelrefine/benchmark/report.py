@@ -22,6 +22,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "breakdown_tables",
     "markdown_table",
+    "oracle_bin_table",
     "plot_bars",
     "plot_dice_vs_size",
     "plot_qualitative",
@@ -169,6 +170,37 @@ def breakdown_tables(per_image: Any) -> str:
             lines.append("| " + " | ".join(map(str, [*labels, _format(row.iloc[0]), _format(row.iloc[1])])) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
+
+
+def oracle_bin_table(frame: Any) -> str:
+    """Oracle best Dice per size bin (columns ``oracle_dice_<bin>``), mean over datasets and seeds per method.
+
+    Args:
+        frame: Result rows.
+
+    Returns:
+        Markdown table, rows = model/post-processor/calibration, one column per size bin; ``""`` without such columns.
+    """
+    from anomalib_pixelrefine.data import SIZE_BINS
+
+    columns = [f"oracle_dice_{name}" for name, _, _ in SIZE_BINS if f"oracle_dice_{name}" in frame.columns]
+    keys = [key for key in _METHOD if key in frame.columns]
+    if not columns or not keys:
+        return ""
+    done = frame[frame["status"] == "ok"] if "status" in frame.columns else frame
+    means = done.groupby(keys, sort=False)[columns].mean()
+    header = [*keys, *(column.removeprefix("oracle_dice_") for column in columns)]
+    lines = [
+        "Oracle best Dice by defect size (threshold picked on the test masks in hindsight; each bin's defective "
+        "images pooled with all good images; mean over datasets and seeds):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for index, row in means.iterrows():
+        labels = list(index) if isinstance(index, tuple) else [index]
+        lines.append("| " + " | ".join(map(str, [*labels, *(_format(float(row[c])) for c in columns)])) + " |")
+    return "\n".join(lines)
 
 
 def _pyplot() -> Any:
@@ -339,7 +371,7 @@ def write_results(
         header += "".join(f"- {key}: `{value}`\n" for key, value in metadata.items() if key != "config")
         header += "\n"
     per_image = frame.attrs.get("per_image")
-    breakdown = breakdown_tables(per_image)
+    breakdown = "\n\n".join(part for part in (breakdown_tables(per_image), oracle_bin_table(frame)) if part)
     files["md"].write_text(header + markdown_table(frame) + ("\n\n" + breakdown if breakdown else "") + "\n")
     if per_image is not None and len(per_image):
         files["per_image"] = output_dir / "per_image.csv"
