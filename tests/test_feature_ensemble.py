@@ -433,7 +433,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 
 
 def test_bad_usage_errors():
-    with pytest.raises(ValueError, match="Unknown anomalib model"):
+    with pytest.raises(ValueError, match="Unknown model 'NoSuchModel'"):
         build_member({"checkpoint": __file__, "model": "NoSuchModel"})
     model = FeatureEnsembleModel([ModuleMember(StridedPool(4))])
     with pytest.raises(RuntimeError, match="not fitted"):
