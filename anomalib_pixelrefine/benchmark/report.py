@@ -188,19 +188,13 @@ def oracle_bin_table(frame: Any) -> str:
     if not columns or not keys:
         return ""
     done = frame[frame["status"] == "ok"] if "status" in frame.columns else frame
-    means = done.groupby(keys, sort=False)[columns].mean()
-    header = [*keys, *(column.removeprefix("oracle_dice_") for column in columns)]
-    lines = [
+    means = done.groupby(keys, sort=False)[columns].mean().reset_index()
+    bins = [column.removeprefix("oracle_dice_") for column in columns]
+    title = (
         "Oracle best Dice by defect size (threshold picked on the test masks in hindsight; each bin's defective "
-        "images pooled with all good images; mean over datasets and seeds):",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    for index, row in means.iterrows():
-        labels = list(index) if isinstance(index, tuple) else [index]
-        lines.append("| " + " | ".join(map(str, [*labels, *(_format(float(row[c])) for c in columns)])) + " |")
-    return "\n".join(lines)
+        "images pooled with all good images; mean over datasets and seeds):"
+    )
+    return f"{title}\n\n" + _table(means.rename(columns=dict(zip(columns, bins, strict=True))), [*keys, *bins])
 
 
 def _pyplot() -> Any:
