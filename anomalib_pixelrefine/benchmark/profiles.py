@@ -321,7 +321,6 @@ REALISTIC_REFINERS_SEEDS_PROFILE: dict[str, Any] = {
     "output_dir": "benchmarks/results/realistic_refiners_seeds",
     "qualitative_samples": 0,
     "plots": False,
-    "exclude": [],
     "benchmark": {
         **REALISTIC_REFINERS_PROFILE["benchmark"],
         "seed": {"grid": [1, 2]},
