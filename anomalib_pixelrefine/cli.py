@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from anomalib.cli import AnomalibCLI
 from anomalib.cli.utils.help_formatter import REQUIRED_ARGUMENTS, CustomHelpFormatter
-from anomalib.loggers import configure_logger
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 # Importing the models registers them as ``AnomalibModule`` subclasses, which is what makes ``--model Pni`` resolve.
@@ -209,6 +209,33 @@ class PixelRefineCLI(AnomalibCLI):
 
         parser.add_function_arguments(run_weights, as_group=False)
 
+    @staticmethod
+    def _add_default_arguments_to_parser(parser: ArgumentParser) -> None:
+        """Like anomalib's ``--seed_everything``, with a fixed default (0): ``test`` reproduces ``train``'s split."""
+        parser.add_argument(
+            "--seed_everything",
+            type=bool | int,
+            default=0,
+            help="Seed of every random number generator (default 0); true picks a random seed.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Anomalib's config updates, then checkpoint arguments, offline backbones, loader workers, export root."""
+        super().before_instantiate_classes()
+        subcommand = self.config["subcommand"]
+        if subcommand not in _MODEL_COMMANDS:
+            return
+        config = self.config[subcommand]
+        model = config.get("model")
+        if model is not None and config.get("ckpt_path"):
+            restore_checkpoint_arguments(model, config["ckpt_path"])
+        if model is not None:
+            resolve_offline_backbone(model)
+        seed_data_split(config.get("data"), config.get("seed_everything"))
+        cap_workers(config.get("data"))
+        if subcommand == "export" and config.get("export_root") is None:
+            config["export_root"] = default_export_root(config.get("ckpt_path"), config.get("default_root_dir"))
+
     def instantiate_classes(self) -> None:
         """Instantiate classes; ``demo`` and ``weights`` build their own."""
         if self.config["subcommand"] in {"demo", "weights"}:
@@ -232,6 +259,130 @@ class PixelRefineCLI(AnomalibCLI):
             super()._run_subcommand()
 
 
+def _init_defaults(class_path: str) -> dict[str, Any]:
+    """Constructor defaults of an ``AnomalibModule`` (``{}`` when the class cannot be imported)."""
+    import inspect
+
+    try:
+        cls = registry.import_object(class_path) if "." in class_path else registry.model_class(class_path)
+    except (ImportError, ValueError):
+        return {}
+    return {
+        name: param.default
+        for name, param in inspect.signature(cls.__init__).parameters.items()
+        if param.default is not inspect.Parameter.empty
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Namespaces, tuples and paths as plain data, for comparing a configured value with a default."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def restore_checkpoint_arguments(model: Any, ckpt_path: str | Path) -> list[str]:
+    """Take the model arguments left at their defaults from the checkpoint's hyper-parameters.
+
+    ``pixelrefine test/predict/export --model Patchcore --ckpt_path model.ckpt`` then rebuilds the model as it was
+    trained, refiner included (recorded by the refiner in the hyper-parameters), without restating its arguments;
+    arguments given on the command line or in a config win.
+
+    Args:
+        model: The ``model`` namespace of the parsed config (``class_path`` + ``init_args``), updated in place.
+        ckpt_path: The checkpoint.
+
+    Returns:
+        The names of the restored arguments.
+    """
+    import torch
+    from jsonargparse import Namespace
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        return []
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    init_args = model.get("init_args")
+    if init_args is None:
+        return []
+    defaults = _init_defaults(str(model.get("class_path", "")))
+    restored = []
+    for name, value in hparams.items():
+        if name.startswith("_") or name not in init_args or name in {"pre_processor", "evaluator", "visualizer"}:
+            continue
+        current = init_args[name]
+        if name == "post_processor":
+            if not isinstance(value, dict) or "class_path" not in value or current not in (True, None):
+                continue
+            value = Namespace(class_path=value["class_path"], init_args=Namespace(**value.get("init_args", {})))
+        elif name not in defaults or _plain(current) != _plain(defaults[name]) or _plain(value) == _plain(current):
+            continue
+        init_args[name] = value
+        restored.append(name)
+    if restored:
+        logger.info("Model arguments taken from the checkpoint %s: %s.", path, ", ".join(restored))
+    return restored
+
+
+def resolve_offline_backbone(model: Any) -> None:
+    """Apply :func:`~anomalib_pixelrefine.offline.resolve_backbone` to a model config's ``backbone``/``layers``."""
+    from anomalib_pixelrefine.offline import resolve_backbone
+
+    init_args = model.get("init_args")
+    if init_args is None or not isinstance(init_args.get("backbone"), str):
+        return
+    layers = init_args.get("layers")
+    owner = str(model.get("class_path", "model")).rpartition(".")[2]
+    backbone, new_layers = resolve_backbone(
+        init_args["backbone"], layers, bool(init_args.get("pre_trained", True)), owner
+    )
+    init_args["backbone"] = backbone
+    if layers is not None:
+        init_args["layers"] = new_layers
+
+
+def seed_data_split(data: Any, seed: Any) -> None:
+    """Give a datamodule without a ``seed`` the run's seed, so ``test`` and ``predict`` split as ``train`` did.
+
+    anomalib's datamodules split train/val/test with the global random state when their ``seed`` is ``None``; that
+    state differs between a ``train`` run (the model's fit consumed random numbers before the split) and a later
+    ``test`` of its checkpoint, so the two saw different test images.
+    """
+    init_args = data.get("init_args") if hasattr(data, "get") else None
+    if init_args is not None and "seed" in init_args and init_args["seed"] is None and type(seed) is int:
+        init_args["seed"] = seed
+
+
+def cap_workers(data: Any) -> None:
+    """Cap ``data.num_workers`` at the CPU count (anomalib's datamodules default to 8), saying so once."""
+    import os
+
+    init_args = data.get("init_args") if hasattr(data, "get") else None
+    cpus = os.cpu_count() or 1
+    if init_args is not None and isinstance(init_args.get("num_workers"), int) and init_args["num_workers"] > cpus:
+        logger.info("data.num_workers %d > %d CPUs: using %d.", init_args["num_workers"], cpus, cpus)
+        init_args["num_workers"] = cpus
+
+
+def default_export_root(ckpt_path: str | Path | None, default_root_dir: str | Path | None) -> Path | None:
+    """Where ``export`` writes without ``--export_root``: next to the run of the checkpoint.
+
+    A checkpoint at ``<run>/weights/lightning/model.ckpt`` (anomalib's layout) exports to ``<run>/weights/<type>``;
+    otherwise ``--default_root_dir`` when it was changed, else the checkpoint's folder.
+    """
+    if default_root_dir is not None and Path(default_root_dir) != Path("./results"):
+        return Path(default_root_dir)
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path).resolve()
+    if path.parent.name == "lightning" and path.parent.parent.name == "weights":
+        return path.parents[2]
+    return path.parent
+
+
 def _anomalib_version() -> str:
     from anomalib import __version__
 
@@ -252,12 +403,15 @@ def main() -> None:
     peak memory of anomalib's coreset on CPU, see :mod:`anomalib_pixelrefine.allocator`).
     """
     from anomalib_pixelrefine.data import FolderNotOwnedError, InvalidDatasetError
+    from anomalib_pixelrefine.launcher import configure_output, configure_threads
+    from anomalib_pixelrefine.offline import WeightsUnavailableError
 
+    configure_threads()
     configure_allocator()
-    configure_logger()
+    configure_output()
     try:
         PixelRefineCLI()
-    except (FolderNotOwnedError, InvalidDatasetError) as error:
+    except (FolderNotOwnedError, InvalidDatasetError, WeightsUnavailableError) as error:
         # Bad data or a folder that is not ours (nothing was deleted): one line, no traceback.
         raise SystemExit(f"pixelrefine: error: {error}") from None
     except ValueError as error:

