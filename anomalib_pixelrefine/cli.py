@@ -171,6 +171,26 @@ class PixelRefineCLI(AnomalibCLI):
             args = translate_model_args(translate_post_processor_args(sys.argv[1:] if args is None else args))
             super().__init__(args=args, run=run)
 
+    @classmethod
+    def parse_only(cls, args: Sequence[str]) -> Any:
+        """Parse and validate a command line (aliases and short names included) without building or running anything.
+
+        Used by the documentation test: every documented command must name flags, classes and arguments that exist.
+
+        Raises:
+            SystemExit: With jsonargparse's message on stderr, as the command would.
+        """
+        from anomalib_pixelrefine.benchmark import pixelrefine_pipelines
+
+        cli = cls.__new__(cls)
+        with pixelrefine_pipelines():
+            args = translate_model_args(translate_post_processor_args(args))
+            cli.parser = cli.init_parser()
+            cli.subcommand_parsers = {}
+            cli.subcommand_method_arguments = {}
+            cli.add_subcommands()
+            return cli.parser.parse_args(args=args)
+
     @staticmethod
     def init_parser(**kwargs: Any) -> ArgumentParser:
         """Create a parser whose help lists this package's models and post-processors."""

@@ -16,6 +16,7 @@ Example:
 """
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,11 @@ from .torch_model import PaeModel
 from .training import autoencoder_loss
 
 logger = logging.getLogger(__name__)
+
+#: Epochs trained when the trainer is given none (the configs' and the benchmark's setting).
+DEFAULT_MAX_EPOCHS = 20
+_LIGHTNING_DEFAULT_EPOCHS = 1000  # Lightning's max_epochs when neither max_epochs nor max_steps is set
+_LONG_TRAINING_S = 300  # estimated training time from which the estimate is logged
 
 
 def _check_arguments(args: dict[str, Any]) -> None:
@@ -191,6 +197,18 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModul
         return LearningType.ONE_CLASS
 
     # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        """Train :data:`DEFAULT_MAX_EPOCHS` epochs when the trainer was given no length (Lightning's 1000: hours)."""
+        trainer = self.trainer
+        if trainer.max_epochs == _LIGHTNING_DEFAULT_EPOCHS and trainer.max_steps == -1:
+            trainer.fit_loop.max_epochs = DEFAULT_MAX_EPOCHS
+            logger.warning(
+                "Pae: no trainer.max_epochs given (Lightning's default is %d epochs, hours on a CPU): training %d "
+                "epochs; set it with --trainer.max_epochs N or Engine(max_epochs=N).",
+                _LIGHTNING_DEFAULT_EPOCHS,
+                DEFAULT_MAX_EPOCHS,
+            )
+
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One autoencoder step (plus one critic step for the AAE); returns the loss."""
         del args, kwargs
@@ -246,8 +264,23 @@ class Pae(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModul
         if not self.trainer.sanity_checking and self._is_final_epoch():
             super().on_validation_start()
 
+    def on_train_epoch_start(self) -> None:
+        """Start the clock of the first epoch (the training-time estimate)."""
+        if self.trainer.current_epoch == 0:
+            self._epoch_started = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
-        """Build the memory bank after the last epoch when there is no validation (``MemoryBankMixin``)."""
+        """Say once what the whole training will cost; build the memory bank after the last epoch (no validation)."""
+        started = getattr(self, "_epoch_started", None)
+        if self.trainer.current_epoch == 0 and started is not None and self.trainer.max_epochs:
+            total = (time.perf_counter() - started) * self.trainer.max_epochs
+            if total > _LONG_TRAINING_S:
+                logger.warning(
+                    "Pae: the first epoch took %.0f s: %d epochs will take about %.0f min (--trainer.max_epochs).",
+                    total / self.trainer.max_epochs,
+                    self.trainer.max_epochs,
+                    total / 60,
+                )
         if self._is_final_epoch():
             super().on_train_epoch_end()
 

