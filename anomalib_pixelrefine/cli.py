@@ -64,6 +64,14 @@ class PixelRefineHelpFormatter(CustomHelpFormatter):
     so the parser description (where ``pixelrefine --help`` lists our models) would not be shown there.
     """
 
+    def _get_help_string(self, action: Any) -> str:
+        # jsonargparse adds "type: %(type)s", but rich-argparse (anomalib's formatter) expands it from ``action.type``,
+        # which is None for type-hinted arguments: the help said "(type: None, ...)". Leave the type out there.
+        text = super()._get_help_string(action)
+        if getattr(action, "type", None) is None:
+            text = text.replace("type: %(type)s, ", "").replace(", type: %(type)s", "").replace("type: %(type)s", "")
+        return text
+
     def format_help(self) -> str:
         """Return anomalib's help, preceded by our models and post-processors where anomalib shows only its guide."""
         help_text = super().format_help()

@@ -18,10 +18,14 @@ Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png i
 import argparse
 from pathlib import Path
 
-import yaml
+from anomalib_pixelrefine.launcher import configure_threads
 
-from anomalib_pixelrefine.benchmark import run_benchmark
-from anomalib_pixelrefine.benchmark.profiles import DESCRIPTIONS, PROFILES
+configure_threads()  # the thread policy of the ``pixelrefine`` command, set before torch is imported
+
+import yaml  # noqa: E402
+
+from anomalib_pixelrefine.benchmark import run_benchmark  # noqa: E402
+from anomalib_pixelrefine.benchmark.profiles import DESCRIPTIONS, PROFILES  # noqa: E402
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
