@@ -49,7 +49,7 @@ def write_configs() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help=f"YAML file or profile name ({', '.join(PROFILES)})")
-    parser.add_argument("--quick", action="store_true", help="quick profile (<= 15 min on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="quick profile (about 1.5 min on 2 CPU cores)")
     parser.add_argument("--output_dir", default=None, help="override the output folder")
     parser.add_argument("--write-configs", action="store_true", help="regenerate benchmarks/configs/*.yaml")
     parser.add_argument("--resume", action="store_true", help="skip the jobs of <output_dir>/rows.partial.jsonl")

@@ -224,7 +224,7 @@ class PixelRefineBenchmark(Benchmark):
         profiles = ", ".join(PROFILES)
         parser.add_argument("--config", type=str | None, default=None, help=f"YAML file, or a profile: {profiles}.")
         parser.add_argument(
-            "--quick", action=ActionYesNo, default=False, help="Use the quick profile (<= 15 min on 2 CPU cores)."
+            "--quick", action=ActionYesNo, default=False, help="Use the quick profile (about 1.5 min on 2 CPU cores)."
         )
         parser.add_argument("--output_dir", type=str | None, default=None, help="Override the output folder.")
         return parser

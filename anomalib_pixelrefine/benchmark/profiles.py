@@ -36,7 +36,7 @@ QUICK_PROFILE: dict[str, Any] = {
     "image_size": 64,
     "qualitative_samples": 3,
     "plots": True,
-    # Refiners only on the two anomalib peers here, to stay within 15 minutes; the full profile runs more pairs.
+    # Refiners only on the two anomalib peers here, to stay within 2 minutes; the full profile runs more pairs.
     "exclude": [{"model": ["Pae", "Pni", "FeatureEnsemble"], "post_processor": ["f2pad", "paedid"]}],
     "benchmark": {
         "seed": {"grid": [0]},
@@ -668,7 +668,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
 DESCRIPTIONS: dict[str, str] = {
-    "quick": """Quick smoke test of the whole grid (<= 15 min on 2 CPU cores; `pixelrefine benchmark --quick`).
+    "quick": """Quick smoke test of the whole grid (about 1.5 min on 2 CPU cores; `pixelrefine benchmark --quick`).
 Pretrained tf_efficientnet_lite0/1 (offline ImageNet weights: `pixelrefine weights`); thresholds calibrated on
 synthetic defects painted on held-back training images.
 isolation: none = all jobs in one process (no start-up cost per job); peak_rss_mb is still per job (VmHWM reset).""",
