@@ -8,11 +8,14 @@ Usage:
     python benchmarks/run_benchmark.py --config realistic --resume   # finish an interrupted run
     python benchmarks/run_benchmark.py --config realistic --report-only [EXTRA_DIR ...]  # tables of a partial run
     python benchmarks/run_benchmark.py --config f2pad     # a method profile (also pni, pni_coreset_noise,
-                                                          # feature_ensemble, pae, pae_capacity, data_default)
+                                                          # feature_ensemble, pae, pae_capacity, data_default,
+                                                          # ensemble_vs_members, pni_ablation, pni_vs_patchcore,
+                                                          # pni_seeds)
     python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/<profile>.yaml
 
 Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png into the configuration's
-``output_dir`` (``benchmarks/results/quick`` for the quick profile) and prints the Markdown table.
+``output_dir`` (``./results/benchmark/<profile>``, outside the source tree) and prints the Markdown table. The
+committed results were written with ``--output_dir benchmarks/results/<profile>``.
 """
 
 import argparse
@@ -35,6 +38,7 @@ def write_configs() -> None:
             f"# Profile `{name}` of anomalib_pixelrefine/benchmark/profiles.py (regenerate this file with",
             "# `python benchmarks/run_benchmark.py --write-configs`; edit the profile, not this file).",
             f"# Run: python benchmarks/run_benchmark.py --config {name}   (or: pixelrefine benchmark --config {name})",
+            f"# Writes ./results/benchmark/{name}; the committed results: add --output_dir benchmarks/results/{name}",
             *(f"# {line}" for line in DESCRIPTIONS[name].splitlines()),
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False)

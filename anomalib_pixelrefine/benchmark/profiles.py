@@ -4,7 +4,9 @@ Suite profiles compare every model and refiner (``quick``, ``full``, ``realistic
 profiles measure one method's own questions (ablations, capacity, noise) with the same jobs, columns and reports. A
 variant of the same class is a grid entry with its own ``name`` (the label in tables, job ids and ``exclude`` rules)
 and its own ``init_args``. ``python benchmarks/run_benchmark.py --write-configs`` writes each profile to
-``benchmarks/configs/<name>.yaml`` with its :data:`DESCRIPTIONS` entry as the header.
+``benchmarks/configs/<name>.yaml`` with its :data:`DESCRIPTIONS` entry as the header. A profile writes into
+``./results/benchmark/<name>`` (never into the source tree); the committed results were written with
+``--output_dir benchmarks/results/<name>``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ QUICK_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
     "isolation": "none",
-    "output_dir": "benchmarks/results/quick",
+    "output_dir": "./results/benchmark/quick",
     "image_size": 64,
     "qualitative_samples": 3,
     "plots": True,
@@ -106,7 +108,7 @@ FULL_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
     "isolation": "process",
-    "output_dir": "benchmarks/results/full",
+    "output_dir": "./results/benchmark/full",
     "image_size": 128,
     "qualitative_samples": 4,
     "plots": True,
@@ -148,9 +150,9 @@ FULL_PROFILE: dict[str, Any] = {
 }
 
 #: Pni settings that train in seconds on a 2-core CPU (smaller coreset, distribution and networks than the paper's);
-#: shared by the demo and the realistic benchmark. Issue 17 (benchmarks/results/issue17_pni): with pretrained lite0
-#: the refinement R added at most +0.001 pixel AUROC and +0.008 best Dice for 10-18x PatchCore's fit time, so it is
-#: off here, and N is trained 3 epochs (8 gave the same maps).
+#: shared by the demo and the realistic benchmark. Measured in benchmarks/results/pni_vs_patchcore: with pretrained
+#: lite0 the refinement R added at most +0.001 pixel AUROC and +0.008 best Dice for 10-18x PatchCore's fit time, so it
+#: is off here, and N is trained 3 epochs (8 gave the same maps).
 PNI_CPU_ARGS: dict[str, Any] = {
     "coreset_ratio": 0.1,
     "distribution_size": 256,
@@ -198,7 +200,7 @@ REALISTIC_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
     "isolation": "process",
-    "output_dir": "benchmarks/results/realistic",
+    "output_dir": "./results/benchmark/realistic",
     "image_size": 128,
     "qualitative_samples": 4,
     "plots": True,
@@ -259,7 +261,7 @@ _F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "
 #: 2-core CPU; add ``grass``/``gravel`` where time allows). The hosts' oracle rows are in ``realistic``.
 REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
-    "output_dir": "benchmarks/results/realistic_refiners",
+    "output_dir": "./results/benchmark/realistic_refiners",
     "exclude": [],
     "benchmark": {
         "seed": {"grid": [0]},
@@ -292,7 +294,7 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
 #: comparable).
 REFINER_SPEED_224_PROFILE: dict[str, Any] = {
     **REALISTIC_REFINERS_PROFILE,
-    "output_dir": "benchmarks/results/refiner_speed_224",
+    "output_dir": "./results/benchmark/refiner_speed_224",
     "image_size": 224,
     "isolation": "none",
     "plots": False,
@@ -318,7 +320,7 @@ REFINER_SPEED_224_PROFILE: dict[str, Any] = {
 #: refiners' randomness. PaDiM and PatchCore alone, with the default F2PAD and with one exemplar window.
 REALISTIC_REFINERS_SEEDS_PROFILE: dict[str, Any] = {
     **REALISTIC_REFINERS_PROFILE,
-    "output_dir": "benchmarks/results/realistic_refiners_seeds",
+    "output_dir": "./results/benchmark/realistic_refiners_seeds",
     "qualitative_samples": 0,
     "plots": False,
     "benchmark": {
@@ -365,7 +367,7 @@ def _method_profile(
     seeds: tuple[int, ...] = (0,),
     **settings: Any,
 ) -> dict[str, Any]:
-    """A method profile: one process, 64 px, results in ``benchmarks/results/<name>``; ``settings`` override."""
+    """A method profile: one process, 64 px, results in ``./results/benchmark/<name>``; ``settings`` override."""
     return {
         "accelerator": "cpu",
         "n_jobs": 1,
@@ -374,7 +376,7 @@ def _method_profile(
         "qualitative_samples": 3,
         "plots": True,
         **settings,
-        "output_dir": f"benchmarks/results/{name}",
+        "output_dir": f"./results/benchmark/{name}",
         "exclude": exclude or [],
         "benchmark": {
             "seed": {"grid": list(seeds)},
@@ -521,30 +523,30 @@ DATA_DEFAULT_PROFILE = _method_profile(
 )
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Issue 17 (FeatureEnsemble and Pni against their baselines). Kept in one block to ease merging.
+# FeatureEnsemble and Pni against their baselines on the realistic data.
 # Same data as ``realistic`` (128 px, brick/gravel/elpv with synthetic defects + real ELPV defects), synthetic
 # calibration only, ``isolation: none`` (the jobs share one process: fit/inference times stay comparable, the peak RSS
 # column includes the earlier jobs).
-_ISSUE17_DATA = {
+_REALISTIC_SYNTHETIC_DATA = {
     **_REALISTIC_DATA,
     "init_args": {**_REALISTIC_DATA["init_args"], "val_split_mode": "synthetic"},
 }
-_ISSUE17_PATCHCORE = _REALISTIC_HOST_SPECS[1]
+_REALISTIC_PATCHCORE = _REALISTIC_HOST_SPECS[1]
 
 
-# The Pni settings the ablation measured (PNI_CPU_ARGS before issue 17: R on, 8 MLP epochs).
-_PNI_ISSUE17_BASE = {**PNI_CPU_ARGS, "mlp_epochs": 8, "refine": True}
+# The Pni settings the ablation measured (the earlier PNI_CPU_ARGS: R on, 8 MLP epochs).
+_PNI_ABLATION_BASE = {**PNI_CPU_ARGS, "mlp_epochs": 8, "refine": True}
 
 
 def _pni_variant(name: str, **overrides: Any) -> dict[str, Any]:
-    init_args = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ISSUE17_BASE, **overrides}
+    init_args = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ABLATION_BASE, **overrides}
     return {"class_path": "Pni", "name": name, "init_args": init_args}
 
 
 #: What P (position), N (neighbourhood MLP) and R (refinement) each add with real features (lite0), next to PatchCore.
-ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
+PNI_ABLATION_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
-    "output_dir": "benchmarks/results/issue17_pni_ablation",
+    "output_dir": "./results/benchmark/pni_ablation",
     "isolation": "none",
     "plots": False,
     "exclude": [],
@@ -552,7 +554,7 @@ ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
         "seed": {"grid": [0]},
         "model": {
             "grid": [
-                _ISSUE17_PATCHCORE,
+                _REALISTIC_PATCHCORE,
                 _pni_variant("Pni_PNR"),  # the realistic profile's Pni
                 _pni_variant("Pni_PN", refine=False),
                 _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
@@ -562,7 +564,7 @@ ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
             ],
         },
         "post_processor": "default",
-        "data": _ISSUE17_DATA,
+        "data": _REALISTIC_SYNTHETIC_DATA,
         "engine": {"max_epochs": 1},
     },
 }
@@ -576,9 +578,9 @@ def _fe_variant(name: str, members: list[dict[str, Any]], **overrides: Any) -> d
 
 #: FeatureEnsemble (memory head, pretrained EfficientNet-Lite members) against each member alone and anomalib's
 #: PatchCore with either member's backbone; the SimpleNet discriminator head once (seed 0, 8 epochs).
-ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
-    **ISSUE17_PNI_ABLATION_PROFILE,
-    "output_dir": "benchmarks/results/issue17_feature_ensemble",
+ENSEMBLE_VS_MEMBERS_PROFILE: dict[str, Any] = {
+    **PNI_ABLATION_PROFILE,
+    "output_dir": "./results/benchmark/ensemble_vs_members",
     "exclude": [
         {"model": ["FE_lite0", "FE_lite1", "FE_lite0+lite1_disc"], "seed": [1, 2]},
     ],
@@ -586,11 +588,11 @@ ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
         "seed": {"grid": [0, 1, 2]},
         "model": {
             "grid": [
-                {**_ISSUE17_PATCHCORE, "name": "Patchcore_lite0"},
+                {**_REALISTIC_PATCHCORE, "name": "Patchcore_lite0"},
                 {
                     "class_path": "Patchcore",
                     "name": "Patchcore_lite1",
-                    "init_args": {**_ISSUE17_PATCHCORE["init_args"], **_LITE1},
+                    "init_args": {**_REALISTIC_PATCHCORE["init_args"], **_LITE1},
                 },
                 _fe_variant("FE_lite0", [_LITE0]),
                 _fe_variant("FE_lite1", [_LITE1]),
@@ -602,22 +604,22 @@ ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
             ],
         },
         "post_processor": "default",
-        "data": _ISSUE17_DATA,
+        "data": _REALISTIC_SYNTHETIC_DATA,
         "engine": {"max_epochs": 1},
     },
 }
 
 
 #: Pni without R after the end-of-fit validation fix (the ``Pni_PN``/``N``/``P``/``plain`` rows of
-#: ``issue17_pni_ablation`` were calibrated on an unfinished model), plus a cheaper N (3 MLP epochs).
-ISSUE17_PNI_PROFILE: dict[str, Any] = {
-    **ISSUE17_PNI_ABLATION_PROFILE,
-    "output_dir": "benchmarks/results/issue17_pni",
+#: ``pni_ablation`` were calibrated on an unfinished model), plus a cheaper N (3 MLP epochs).
+PNI_VS_PATCHCORE_PROFILE: dict[str, Any] = {
+    **PNI_ABLATION_PROFILE,
+    "output_dir": "./results/benchmark/pni_vs_patchcore",
     "benchmark": {
-        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        **PNI_ABLATION_PROFILE["benchmark"],
         "model": {
             "grid": [
-                _ISSUE17_PATCHCORE,
+                _REALISTIC_PATCHCORE,
                 _pni_variant("Pni_PN", refine=False),
                 _pni_variant("Pni_PN_mlp3", refine=False, mlp_epochs=3),
                 _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
@@ -630,15 +632,15 @@ ISSUE17_PNI_PROFILE: dict[str, Any] = {
 
 
 #: The Pni CPU settings chosen from the ablation (PNI_CPU_ARGS: P + N, no R) against PatchCore, 3 seeds.
-ISSUE17_PNI_SEEDS_PROFILE: dict[str, Any] = {
-    **ISSUE17_PNI_ABLATION_PROFILE,
-    "output_dir": "benchmarks/results/issue17_pni_seeds",
+PNI_SEEDS_PROFILE: dict[str, Any] = {
+    **PNI_ABLATION_PROFILE,
+    "output_dir": "./results/benchmark/pni_seeds",
     "benchmark": {
-        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        **PNI_ABLATION_PROFILE["benchmark"],
         "seed": {"grid": [0, 1, 2]},
         "model": {
             "grid": [
-                _ISSUE17_PATCHCORE,
+                _REALISTIC_PATCHCORE,
                 {"class_path": "Pni", "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS}},
             ],
         },
@@ -660,10 +662,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "pae": PAE_PROFILE,
     "pae_capacity": PAE_CAPACITY_PROFILE,
     "data_default": DATA_DEFAULT_PROFILE,
-    "issue17_pni_ablation": ISSUE17_PNI_ABLATION_PROFILE,
-    "issue17_feature_ensemble": ISSUE17_FEATURE_ENSEMBLE_PROFILE,
-    "issue17_pni": ISSUE17_PNI_PROFILE,
-    "issue17_pni_seeds": ISSUE17_PNI_SEEDS_PROFILE,
+    "pni_ablation": PNI_ABLATION_PROFILE,
+    "ensemble_vs_members": ENSEMBLE_VS_MEMBERS_PROFILE,
+    "pni_vs_patchcore": PNI_VS_PATCHCORE_PROFILE,
+    "pni_seeds": PNI_SEEDS_PROFILE,
 }
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
@@ -697,11 +699,11 @@ PatchCore alone and with the PAEDID refiner.""",
     "pae_capacity": """PAEDID capacity: autoencoder widths and epochs on gravel cracks.""",
     "data_default": """Embedded data build time (metadata data_build_s; 0 when cached) and anomalib PaDiM (random
 resnet18) on it at the data's default sizes.""",
-    "issue17_pni_ablation": """Issue 17: what Pni's P, N and R each add with pretrained lite0, next to PatchCore.""",
-    "issue17_feature_ensemble": """Issue 17: FeatureEnsemble (memory head, lite0 + lite1) vs each member alone and
+    "pni_ablation": """What Pni's P, N and R each add with pretrained lite0, next to PatchCore.""",
+    "ensemble_vs_members": """FeatureEnsemble (memory head, lite0 + lite1) vs each member alone and
 PatchCore with either backbone, 3 seeds.""",
-    "issue17_pni": """Issue 17: Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
-    "issue17_pni_seeds": """Issue 17: the Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
+    "pni_vs_patchcore": """Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
+    "pni_seeds": """The Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
     "realistic_refiners_seeds": """Seeds 1-2 of `realistic_refiners`: PaDiM / PatchCore alone, with F2PAD and with one
 exemplar window.""",
     "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone and with the F2PAD variants (brick).""",
