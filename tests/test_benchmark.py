@@ -204,8 +204,7 @@ def test_method_profiles_run_named_pretrained_variants() -> None:
     assert no_sharing.job_config["post_processor"]["init_args"] == {
         "init": "inpaint",
         "max_iters": 50,
-        "check_every": 10,
-        "gradient_sharing": False,
+        "optimisation": {"gradient_sharing": False},
     }
     pni_models = {job.labels["model"] for job in expand_grid_jobs(load_config("pni"))}
     assert pni_models == {"Patchcore", "Pni_base", "Pni_N", "Pni_NP", "Pni_NPR", "Pni_NPR_score_combine"}

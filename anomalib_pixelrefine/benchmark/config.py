@@ -20,7 +20,7 @@ additions, all optional::
           - {class_path: Pae, engine: {max_epochs: 5}}
           - {class_path: Pae, name: Pae_no_decomposition, init_args: {decompose: false}}  # a named variant
       post_processor:
-        grid: [default, f2pad, {class_path: f2pad, name: f2pad_fixed_step, init_args: {adaptive_step: false}}]
+        grid: [default, f2pad, {class_path: f2pad, name: f2pad_paper, init_args: {init: inpaint, max_iters: 50}}]
       data:                     # "default" = embedded benchmark; else any anomalib datamodule class
         class_path: default
         init_args: {category: {grid: [gravel, brick]}, image_size: 64}

@@ -85,7 +85,7 @@ QUICK_PROFILE: dict[str, Any] = {
         "post_processor": {
             "grid": [
                 "default",
-                {"class_path": "f2pad", "init_args": {"max_iters": 15, "check_every": 5}},
+                {"class_path": "f2pad", "init_args": {"max_iters": 15, "optimisation": {"check_every": 5}}},
                 {"class_path": "paedid", "init_args": {"channels": [16, 32]}},
             ],
         },
@@ -251,7 +251,7 @@ _CFLOW_HOST = {
 }
 
 #: F2PAD with one exemplar window (the default before ``exemplar_windows``), in both refiner comparisons.
-_F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"}
+_F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar": {"windows": 1}}, "name": "f2pad_1window"}
 
 #: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
 #: exemplar background of the training images, no optimisation; ``f2pad_inpaint``: the Telea background, no
@@ -398,15 +398,15 @@ def _variants(class_path: str, base: dict[str, Any], variants: dict[str, dict[st
 
 # F2PAD's ablations (paper tables II-III) as named post-processors, run on PatchCore only: the paper's method
 # (Telea n0 for the MAE, the optimisation), each component removed; ``f2pad`` is this package's default.
-_F2PAD_BASE = {"init": "inpaint", "max_iters": 50, "check_every": 10}
+_F2PAD_BASE = {"init": "inpaint", "max_iters": 50}
 _F2PAD_ABLATIONS = {
     "f2pad_init_only": {"max_iters": 0},
-    "f2pad_no_pixel_prior": {"alpha1": 0.0, "alpha2": 0.0},
-    "f2pad_no_sparsity": {"beta0": 0.0},
-    "f2pad_no_sharing": {"gradient_sharing": False},
-    "f2pad_no_adaptive_step": {"adaptive_step": False},
-    "f2pad_plain_adan": {"gradient_sharing": False, "adaptive_step": False},
-    "f2pad_full_image": {"roi_local": False},
+    "f2pad_no_pixel_prior": {"optimisation": {"alpha1": 0.0, "alpha2": 0.0}},
+    "f2pad_no_sparsity": {"optimisation": {"beta0": 0.0}},
+    "f2pad_no_sharing": {"optimisation": {"gradient_sharing": False}},
+    "f2pad_no_adaptive_step": {"optimisation": {"adaptive_step": False}},
+    "f2pad_plain_adan": {"optimisation": {"gradient_sharing": False, "adaptive_step": False}},
+    "f2pad_full_image": {"optimisation": {"roi_local": False}},
 }
 #: F2PAD (paper tables I-III): PaDiM / PatchCore / CFLOW before and after F2PAD on the paper's random-colour
 #: cut-paste defects, and on PatchCore every ablation: initialisation only, w/o pixel prior, w/o sparsity, gradient
