@@ -9,10 +9,11 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "check_number",
     "check_seed",
     "check_widths",
+    "non_default",
     "warn_no_effect",
 ]
 
@@ -95,6 +97,12 @@ def check_seed(owner: str, seed: Any) -> None:
 
 class NoEffectWarning(UserWarning):
     """An argument was set that does nothing in the chosen mode (e.g. optimisation settings with ``max_iters=0``)."""
+
+
+def non_default(function: Callable[..., Any], values: dict[str, Any]) -> list[str]:
+    """The names in ``values`` whose value differs from ``function``'s default for that parameter."""
+    parameters = inspect.signature(function).parameters
+    return [name for name, value in values.items() if value != parameters[name].default]
 
 
 def warn_no_effect(owner: str, names: Iterable[str], reason: str, stacklevel: int = 3) -> None:
