@@ -38,6 +38,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from torch import nn
@@ -57,6 +58,8 @@ __all__ = [
     "StainDefect",
     "SyntheticDefectDataset",
     "TextureSwapDefect",
+    "defect_generator",
+    "to_uint8",
 ]
 
 
@@ -993,6 +996,49 @@ class MixedDefect(DefectGenerator):
         """See :meth:`DefectGenerator.forward`; the chosen generator indices are stored in ``last_choices``."""
         self.last_choices = []
         return super().forward(image, generator)
+
+
+def defect_generator(name: str, seed: int) -> DefectGenerator:
+    """Generator of a named defect kind (names are the test/<defect> folder names of the embedded benchmark)."""
+    factories = {
+        "cut_paste_color": lambda: CutPaste(mode="color", seed=seed),
+        "cut_paste_patch": lambda: CutPaste(mode="patch", seed=seed),
+        "scar": lambda: CutPasteScar(mode="mixed", seed=seed),
+        "perlin": lambda: PerlinDefect(seed=seed),
+        "hand_drawn": lambda: HandDrawnDefect(seed=seed),
+        "crack": lambda: CrackDefect(seed=seed),
+        "stain": lambda: StainDefect(seed=seed),
+        "burn": lambda: BurnDefect(seed=seed),
+        "pitting": lambda: PittingDefect(seed=seed),
+        "scratch": lambda: ScratchDefect(seed=seed),
+        "texture_swap": lambda: TextureSwapDefect(seed=seed),
+    }
+    if name not in factories:
+        msg = f"Unknown defect kind {name!r}. Known: {', '.join(factories)}."
+        raise ValueError(msg)
+    return factories[name]()
+
+
+def to_uint8(image: torch.Tensor | np.ndarray, is_mask: bool = False) -> np.ndarray:
+    """Convert a ``(C, H, W)``/``(H, W)`` float tensor in [0, 1] or an ``(H, W[, C])`` uint8 array to PIL layout."""
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 3:
+            array = array.permute(1, 2, 0)
+        if array.is_floating_point():
+            array = (array.clamp(0, 1) * 255).round()
+        array = array.to(torch.uint8).numpy()
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if is_mask:
+        array = np.where(array > 0, 255, 0).astype(np.uint8)
+        if array.ndim == 3:
+            array = array.max(-1)
+    return array
 
 
 def _extract_image(item: Any) -> torch.Tensor:
