@@ -12,6 +12,7 @@ Usage:
                                                           # ensemble_vs_members, pni_ablation, pni_vs_patchcore,
                                                           # pni_seeds)
     python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/<profile>.yaml
+    python benchmarks/run_benchmark.py --compact benchmarks/results/f2pad   # before committing a run's results
 
 Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png into the configuration's
 ``output_dir`` (``./results/benchmark/<profile>``, outside the source tree) and prints the Markdown table. The
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick profile (<= 15 min on 2 CPU cores)")
     parser.add_argument("--output_dir", default=None, help="override the output folder")
     parser.add_argument("--write-configs", action="store_true", help="regenerate benchmarks/configs/*.yaml")
+    parser.add_argument("--compact", metavar="OUTPUT_DIR", help="relative paths, gzipped per_image.csv, halved PNGs")
     parser.add_argument("--resume", action="store_true", help="skip the jobs of <output_dir>/rows.partial.jsonl")
     parser.add_argument(
         "--report-only",
@@ -63,6 +65,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.write_configs:
         write_configs()
+        return
+    if args.compact:
+        from anomalib_pixelrefine.benchmark.compact import compact_results
+
+        for path in compact_results(args.compact):
+            print(f"compacted {path}")
         return
     if args.report_only is not None:
         from anomalib_pixelrefine.benchmark import load_config
