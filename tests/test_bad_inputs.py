@@ -54,7 +54,7 @@ def test_rebuild_of_our_folder_keeps_foreign_files_and_deletes_only_ours(tmp_pat
     assert sorted(p.name for p in (path / "train" / "good").iterdir()) == ["000.png", "001.png"]
 
 
-def test_folder_without_the_marker_is_rebuilt_only_without_foreign_files(tmp_path: Path) -> None:
+def test_folder_built_before_the_marker_is_rebuilt_only_without_foreign_files(tmp_path: Path) -> None:
     path = build_default_benchmark(tmp_path, **TINY)["brick"]
     (path / ".pixelrefine_files.json").unlink()  # as written by a version without the marker (manifest only)
     build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})  # our manifest and file names: rebuilt
