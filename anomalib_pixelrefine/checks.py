@@ -102,7 +102,11 @@ class NoEffectWarning(UserWarning):
 def non_default(function: Callable[..., Any], values: dict[str, Any]) -> list[str]:
     """The names in ``values`` whose value differs from ``function``'s default for that parameter."""
     parameters = inspect.signature(function).parameters
-    return [name for name, value in values.items() if value != parameters[name].default]
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple | list) else value
+
+    return [name for name, value in values.items() if plain(value) != plain(parameters[name].default)]
 
 
 def warn_no_effect(owner: str, names: Iterable[str], reason: str, stacklevel: int = 3) -> None:

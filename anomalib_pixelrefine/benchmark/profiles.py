@@ -159,9 +159,20 @@ PNI_CPU_ARGS: dict[str, Any] = {
     "mlp_channels": 32,
     "mlp_epochs": 3,
     "refine": False,
-    "refine_epochs": 15,
-    "refine_channels": [8, 16, 32],
 }
+#: The refinement network R of the CPU settings, where R is on (the ablations).
+_PNI_R = {"refine_epochs": 15, "refine_channels": [8, 16, 32]}
+
+
+def _pni_args(**args: Any) -> dict[str, Any]:
+    """Pni ``init_args`` without the arguments of the parts its switches turn off (they would do nothing)."""
+    from anomalib_pixelrefine.models.image.pni.lightning_model import NEIGHBOURHOOD_ARGS, REFINE_ARGS
+
+    drop = (NEIGHBOURHOOD_ARGS if args.get("use_neighbourhood") is False else ()) + (
+        REFINE_ARGS if args.get("refine") is False else ()
+    )
+    return {key: value for key, value in args.items() if key not in drop}
+
 
 # Real ImageNet features offline (``pixelrefine weights``): the main setting of every quality claim.
 _LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
@@ -422,7 +433,7 @@ F2PAD_PROFILE = _method_profile(
 )
 
 # Pni with the CPU settings, fewer epochs at 64 px; the variants switch the paper's components on one by one.
-_PNI_64 = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS, "mlp_epochs": 4, "refine_epochs": 8}
+_PNI_64 = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS, **_PNI_R, "mlp_epochs": 4, "refine_epochs": 8}
 _PNI_ABLATIONS = {
     "Pni_base": {"use_neighbourhood": False, "use_position": False, "refine": False},
     "Pni_N": {"use_neighbourhood": True, "use_position": False, "refine": False},
@@ -431,16 +442,23 @@ _PNI_ABLATIONS = {
     # The public PNI code joins N and P as the mean of the two masked scores (the paper's eq. (6): of probabilities).
     "Pni_NPR_score_combine": {"use_neighbourhood": True, "use_position": True, "refine": True, "combine": "score"},
 }
+
+
+def _pni_variants(variants: dict[str, dict[str, Any]]) -> list:
+    """Pni grid entries on top of ``_PNI_64``, each without the arguments of the parts it switches off."""
+    return [{**entry, "init_args": _pni_args(**entry["init_args"])} for entry in _variants("Pni", _PNI_64, variants)]
+
+
 #: PNI ablation: PatchCore (same backbone, layers and coreset ratio) and Pni with N, P and R switched on one by one.
 PNI_PROFILE = _method_profile(
-    "pni", [_PATCHCORE_64, *_variants("Pni", _PNI_64, _PNI_ABLATIONS)], _method_data("pni", ["brick", "gravel"])
+    "pni", [_PATCHCORE_64, *_pni_variants(_PNI_ABLATIONS)], _method_data("pni", ["brick", "gravel"])
 )
 
 #: How much one coreset draw moves the numbers: PatchCore and the Pni baseline (no N/P/R) over several seeds. The
 #: job seed also draws the held-back calibration images, so the spread is an upper bound of the coreset noise.
 PNI_CORESET_NOISE_PROFILE = _method_profile(
     "pni_coreset_noise",
-    [_PATCHCORE_64, *_variants("Pni", _PNI_64, {"Pni_base": _PNI_ABLATIONS["Pni_base"]})],
+    [_PATCHCORE_64, *_pni_variants({"Pni_base": _PNI_ABLATIONS["Pni_base"]})],
     _method_data("pni", ["brick", "gravel"]),
     seeds=(0, 1, 2, 3),
     qualitative_samples=0,
@@ -531,11 +549,11 @@ _REALISTIC_PATCHCORE = _REALISTIC_HOST_SPECS[1]
 
 
 # The Pni settings the ablation measured (the earlier PNI_CPU_ARGS: R on, 8 MLP epochs).
-_PNI_ABLATION_BASE = {**PNI_CPU_ARGS, "mlp_epochs": 8, "refine": True}
+_PNI_ABLATION_BASE = {**PNI_CPU_ARGS, **_PNI_R, "mlp_epochs": 8, "refine": True}
 
 
 def _pni_variant(name: str, **overrides: Any) -> dict[str, Any]:
-    init_args = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ABLATION_BASE, **overrides}
+    init_args = _pni_args(**{**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ABLATION_BASE, **overrides})
     return {"class_path": "Pni", "name": name, "init_args": init_args}
 
 
