@@ -9,14 +9,26 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["FiniteInputMixin", "check_choice", "check_finite", "check_number", "check_seed", "check_widths"]
+__all__ = [
+    "FiniteInputMixin",
+    "NoEffectWarning",
+    "check_choice",
+    "check_finite",
+    "check_number",
+    "check_seed",
+    "check_widths",
+    "non_default",
+    "warn_no_effect",
+]
 
 # numpy's RandomState (scikit-learn's ``random_state``) accepts seeds in [0, 2**32).
 MAX_SEED = 2**32 - 1
@@ -81,6 +93,28 @@ def check_number(
 def check_seed(owner: str, seed: Any) -> None:
     """Seeds are integers in ``[0, 2**32 - 1]`` (torch, numpy and scikit-learn all accept them)."""
     check_number(owner, "seed", seed, 0, MAX_SEED, integer=True)
+
+
+class NoEffectWarning(UserWarning):
+    """An argument was set that does nothing in the chosen mode (e.g. optimisation settings with ``max_iters=0``)."""
+
+
+def non_default(function: Callable[..., Any], values: dict[str, Any]) -> list[str]:
+    """The names in ``values`` whose value differs from ``function``'s default for that parameter."""
+    parameters = inspect.signature(function).parameters
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple | list) else value
+
+    return [name for name, value in values.items() if plain(value) != plain(parameters[name].default)]
+
+
+def warn_no_effect(owner: str, names: Iterable[str], reason: str, stacklevel: int = 3) -> None:
+    """Warn once (at construction) that the arguments ``names`` have no effect ``reason``; nothing if none."""
+    names = sorted(names)
+    if names:
+        verb = "has" if len(names) == 1 else "have"
+        warnings.warn(f"{owner}: {', '.join(names)} {verb} no effect {reason}.", NoEffectWarning, stacklevel=stacklevel)
 
 
 def check_choice(owner: str, name: str, value: Any, choices: Iterable[Any]) -> None:

@@ -8,11 +8,15 @@ Usage:
     python benchmarks/run_benchmark.py --config realistic --resume   # finish an interrupted run
     python benchmarks/run_benchmark.py --config realistic --report-only [EXTRA_DIR ...]  # tables of a partial run
     python benchmarks/run_benchmark.py --config f2pad     # a method profile (also pni, pni_coreset_noise,
-                                                          # feature_ensemble, pae, pae_capacity, data_default)
+                                                          # feature_ensemble, pae, pae_capacity, data_default,
+                                                          # ensemble_vs_members, pni_ablation, pni_vs_patchcore,
+                                                          # pni_seeds)
     python benchmarks/run_benchmark.py --write-configs   # regenerate benchmarks/configs/<profile>.yaml
+    python benchmarks/run_benchmark.py --compact benchmarks/results/f2pad   # before committing a run's results
 
 Writes results.{csv,json,md}, per_image.csv, plots/*.png and qualitative/*.png into the configuration's
-``output_dir`` (``benchmarks/results/quick`` for the quick profile) and prints the Markdown table.
+``output_dir`` (``./results/benchmark/<profile>``, outside the source tree) and prints the Markdown table. The
+committed results were written with ``--output_dir benchmarks/results/<profile>``.
 """
 
 import argparse
@@ -39,6 +43,7 @@ def write_configs() -> None:
             f"# Profile `{name}` of anomalib_pixelrefine/benchmark/profiles.py (regenerate this file with",
             "# `python benchmarks/run_benchmark.py --write-configs`; edit the profile, not this file).",
             f"# Run: python benchmarks/run_benchmark.py --config {name}   (or: pixelrefine benchmark --config {name})",
+            f"# Writes ./results/benchmark/{name}; the committed results: add --output_dir benchmarks/results/{name}",
             *(f"# {line}" for line in DESCRIPTIONS[name].splitlines()),
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(profile, sort_keys=False, default_flow_style=False)
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick profile (about 1.5 min on 2 CPU cores)")
     parser.add_argument("--output_dir", default=None, help="override the output folder")
     parser.add_argument("--write-configs", action="store_true", help="regenerate benchmarks/configs/*.yaml")
+    parser.add_argument("--compact", metavar="OUTPUT_DIR", help="relative paths, gzipped per_image.csv, halved PNGs")
     parser.add_argument("--resume", action="store_true", help="skip the jobs of <output_dir>/rows.partial.jsonl")
     parser.add_argument(
         "--report-only",
@@ -63,6 +69,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.write_configs:
         write_configs()
+        return
+    if args.compact:
+        from anomalib_pixelrefine.benchmark.compact import compact_results
+
+        for path in compact_results(args.compact):
+            print(f"compacted {path}")
         return
     if args.report_only is not None:
         from anomalib_pixelrefine.benchmark import load_config

@@ -162,7 +162,7 @@ def _fitted_f2pad_and_host(size: int = 32) -> tuple:
     host(train)
     host.memory_bank = torch.vstack(host.embedding_store)
     host.embedding_store.clear()
-    refiner = F2PAD(max_iters=2, num_candidates=4, initial_threshold=0.5)
+    refiner = F2PAD(max_iters=2, optimisation={"num_candidates": 4}, initial_threshold=0.5)
     refiner.fit_prior(train)
     refiner.prior_fitted.fill_(True)
     return refiner, host.eval(), torch.rand(2, 3, size, size, generator=generator)

@@ -181,7 +181,7 @@ def test_method_profiles_run_named_pretrained_variants() -> None:
     assert set(PROFILES) - suites >= {"f2pad", "pni", "pni_coreset_noise", "feature_ensemble", "pae", "pae_capacity"}
     for name in set(PROFILES) - suites:
         config = load_config(name)
-        assert config["output_dir"] == f"benchmarks/results/{name}"
+        assert config["output_dir"] == f"./results/benchmark/{name}"  # never into the source tree
         jobs = expand_grid_jobs(config)
         assert len({job.job_id for job in jobs}) == len(jobs) > 0, name
         labels = {pretrained_label(job._model_spec().get("init_args") or {}) for job in jobs}
@@ -204,8 +204,7 @@ def test_method_profiles_run_named_pretrained_variants() -> None:
     assert no_sharing.job_config["post_processor"]["init_args"] == {
         "init": "inpaint",
         "max_iters": 50,
-        "check_every": 10,
-        "gradient_sharing": False,
+        "optimisation": {"gradient_sharing": False},
     }
     pni_models = {job.labels["model"] for job in expand_grid_jobs(load_config("pni"))}
     assert pni_models == {"Patchcore", "Pni_base", "Pni_N", "Pni_NP", "Pni_NPR", "Pni_NPR_score_combine"}

@@ -1,5 +1,6 @@
 """Tests of the FeatureEnsemble model (random backbone weights, 64 px images)."""
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -9,11 +10,13 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
+from lightning.pytorch import Trainer
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
+from anomalib_pixelrefine.checks import NoEffectWarning
 from anomalib_pixelrefine.models.image.feature_ensemble import (
     ChannelPCA,
     FeatureEnsemble,
@@ -430,6 +433,30 @@ def test_checkpoint_members_patchcore_and_pae(tiny_mvtec_root, tmp_path):
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _model(**kwargs)
+
+
+def test_options_of_the_other_head_warn_once():
+    members = [RESNET_A]
+    with pytest.warns(NoEffectWarning, match=r'hidden, steps_per_batch have no effect with head="memory"'):
+        FeatureEnsemble(members=members, hidden=32, steps_per_batch=5, visualizer=False)
+    with pytest.warns(NoEffectWarning, match=r'coreset_ratio has no effect with head="discriminator"'):
+        FeatureEnsemble(members=members, head="discriminator", coreset_ratio=0.5, visualizer=False)
+    with pytest.warns(NoEffectWarning, match=r"n_components has no effect with block=\"none\""):
+        FeatureEnsemble(members=members, n_components=4, visualizer=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoEffectWarning)
+        FeatureEnsemble(members=members, head="discriminator", hidden=32, visualizer=False)
+        FeatureEnsemble(members=members, block="global", n_components=4, visualizer=False)
+
+
+def test_memory_head_refuses_a_plain_trainer_asking_for_more_epochs(tiny_mvtec_root, tmp_path):
+    """A plain Lightning Trainer does not apply ``trainer_arguments``: more than one epoch is refused up front."""
+    model = FeatureEnsemble(members=[RESNET_A], visualizer=False)
+    trainer = Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r'head="memory"\) builds its memory bank in one epoch, got max_epochs=2'):
+        trainer.fit(model, datamodule=_datamodule(tiny_mvtec_root))
 
 
 def test_bad_usage_errors():

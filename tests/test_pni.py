@@ -1,6 +1,8 @@
 """Tests for the PNI model (tiny images, resnet18 without pretrained weights, few MLP steps)."""
 
+import inspect
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
 
+from anomalib_pixelrefine.checks import NoEffectWarning
 from anomalib_pixelrefine.models.components import greedy_coreset
 from anomalib_pixelrefine.models.image.pni import Pni, PniModel, PniScorer, position_histogram, refinement_loss
 from anomalib_pixelrefine.models.image.pni import torch_model as pni_torch
@@ -390,6 +393,19 @@ def test_weights_path(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Pni(**{**TINY, **kwargs})
+
+
+def test_arguments_of_a_switched_off_part_warn_once():
+    plain = {"backbone": "resnet18", "layers": ["layer2", "layer3"], "pre_trained": False}
+    with pytest.warns(NoEffectWarning, match="refine_epochs has no effect with refine=False"):
+        Pni(**plain, refine=False, refine_epochs=3)
+    with pytest.warns(NoEffectWarning, match="mlp_epochs, mlp_width have no effect with use_neighbourhood=False"):
+        Pni(**plain, use_neighbourhood=False, mlp_epochs=2, mlp_width=64, refine=False)
+    default_channels = list(inspect.signature(Pni).parameters["refine_channels"].default)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoEffectWarning)
+        Pni(**plain, refine=True, refine_epochs=3, refine_channels=[4, 8])  # the part is on
+        Pni(**plain, refine=False, refine_channels=default_channels)  # a default given as a list changes nothing
 
 
 def test_bad_inputs(scorer):

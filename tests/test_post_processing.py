@@ -1,5 +1,7 @@
 """Tests of the refining post-processors (F2PAD, PaedidRefiner) and the differentiable scorers."""
 
+import inspect
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,20 @@ from anomalib.models.image.padim.torch_model import PadimModel
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
+from anomalib_pixelrefine.checks import NoEffectWarning
 from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
 from anomalib_pixelrefine.models.image.pae import sparse_to_anomaly_map
 from anomalib_pixelrefine.models.image.pni import PniModel
 from anomalib_pixelrefine.post_processing import F2PAD, PaedidRefiner, get_scorer, register_scorer
 from anomalib_pixelrefine.post_processing.base import dilate
-from anomalib_pixelrefine.post_processing.f2pad import crop_extents, crop_groups, gather_crops, scatter_crops
+from anomalib_pixelrefine.post_processing.f2pad import (
+    _SECTIONS,
+    crop_extents,
+    crop_groups,
+    flat_options,
+    gather_crops,
+    scatter_crops,
+)
 from anomalib_pixelrefine.post_processing.optim import (
     PixelAdan,
     bilateral_weights,
@@ -271,7 +281,7 @@ def test_crop_groups_keep_each_image_crop_small() -> None:
 # ---------------------------------------------------------------------------------------------- optimiser
 @pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
 def test_optimiser_never_nan_on_constant_and_extreme_images(value: float) -> None:
-    refiner = _refiner(max_iters=15, check_every=5)
+    refiner = _refiner(max_iters=15, optimisation={"check_every": 5})
     refiner.mog_means.copy_(torch.rand(5, 3))
     x = torch.full((2, 3, 16, 16), value)
     x[1, 0] = 1.0 - value  # saturated colour
@@ -287,7 +297,9 @@ def test_optimiser_never_nan_on_constant_and_extreme_images(value: float) -> Non
 
 
 def test_optimiser_pixel_range_penalty_pulls_back() -> None:
-    refiner = _refiner(alpha1=0.0, alpha2=0.0, beta0=0.0, max_iters=30, adaptive_step=False, lr=0.05)
+    refiner = _refiner(
+        max_iters=30, optimisation={"alpha1": 0.0, "alpha2": 0.0, "beta0": 0.0, "adaptive_step": False, "lr": 0.05}
+    )
     x = torch.full((1, 3, 8, 8), 0.5)
     n0 = torch.full((1, 3, 8, 8), 1.09)
     region = torch.ones(1, 1, 8, 8, dtype=torch.bool)
@@ -304,7 +316,7 @@ def test_planted_colour_square_recovered() -> None:
     gt = torch.zeros(1, 1, size, size, dtype=torch.bool)
     gt[..., 14:30, 18:32] = True
     image = torch.where(gt, torch.tensor([0.9, 0.1, 0.6]).view(1, 3, 1, 1), image)
-    refiner = _refiner(max_iters=40, num_candidates=10, output="pixel", init="inpaint")
+    refiner = _refiner(max_iters=40, optimisation={"num_candidates": 10}, output="pixel", init="inpaint")
     refiner.fit_prior(train)
     refiner.prior_fitted.fill_(True)
     # Initial host mask: a coarse, too large box around the defect (as a low-resolution host gives).
@@ -338,7 +350,7 @@ def test_host_unit_output_sharpens_the_host_mask(init: str, max_iters: int, min_
     """
     size = 48
     train, image, host, gt = _planted_scratch(size)
-    refiner = _refiner(max_iters=max_iters, num_candidates=10, init=init)
+    refiner = _refiner(max_iters=max_iters, optimisation={"num_candidates": 10}, init=init)
     refiner.fit_prior(train)
     refiner.prior_fitted.fill_(True)
     inputs = (image - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
@@ -360,7 +372,7 @@ def test_image_decision_fills_the_empty_mask_of_a_flagged_image() -> None:
     """An image above the image threshold whose map stays below the pixel threshold gets a mask on its defect."""
     size = 48
     train, image, host, gt = _planted_scratch(size)
-    refiner = _refiner(num_candidates=10)
+    refiner = _refiner()
     refiner.fit_prior(train)
     refiner.prior_fitted.fill_(True)
     inputs = (image - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
@@ -533,11 +545,69 @@ def test_checkpoint_restores_refiner_without_arguments_or_into_a_fresh_one(
     assert plain.post_processor.max_iters == 10
     torch.testing.assert_close(plain.eval()(images).anomaly_map, expected)
 
-    fresh = Patchcore.load_from_checkpoint(ckpt, post_processor=F2PAD(n_components=2), map_location="cpu")
+    fresh = Patchcore.load_from_checkpoint(
+        ckpt, post_processor=F2PAD(max_iters=10, optimisation={"n_components": 2}), map_location="cpu"
+    )
     assert fresh.post_processor.mog_means.shape == model.post_processor.mog_means.shape  # (5, 3) from the checkpoint
     export = engine.export(fresh, ExportType.TORCH, export_root=root / "export_fresh")
     result = TorchInferencer(path=export, device="cpu").predict(images)
     torch.testing.assert_close(result.anomaly_map.reshape(expected.shape), expected)
+
+
+#: F2PAD's constructor arguments before the options were grouped (what its checkpoints' hyper-parameters record).
+FLAT_F2PAD_ARGS = (
+    "alpha1", "alpha2", "beta0", "n_components", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step",
+    "gradient_sharing", "ks", "sigma0", "sigma1", "clip", "range_weight", "max_iters", "tol", "check_every",
+    "roi_local", "context", "num_candidates", "init", "num_exemplars", "exemplar_windows", "reestimate",
+    "reestimate_iters", "pae_epochs", "pae_channels", "prior_pixels", "crop_align",
+)  # fmt: skip
+
+
+def test_checkpoint_with_flat_f2pad_arguments_still_loads(fitted: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint whose hyper-parameters hold the flat arguments (as earlier versions wrote them) loads as before."""
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    engine, model, datamodule, root = fitted
+    ckpt = root / "f2pad_flat.ckpt"
+    engine.trainer.save_checkpoint(ckpt)
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)  # this test's own file
+    refiner = model.post_processor
+    init_args = checkpoint["hyper_parameters"]["post_processor"]["init_args"]
+    assert {"optimisation", "exemplar", "pae_prior"} <= set(init_args)  # the current format: sections
+    flat = {key: value for key, value in init_args.items() if key not in {"optimisation", "exemplar", "pae_prior"}}
+    flat |= {name: getattr(refiner, name) for name in FLAT_F2PAD_ARGS}
+    flat["check_every"] = 5  # read from the flat keyword; checkpoint_config then restores the saved 10
+    checkpoint["hyper_parameters"]["post_processor"]["init_args"] = flat
+    torch.save(checkpoint, ckpt)
+
+    images = next(iter(datamodule.test_dataloader())).image
+    expected = model.eval()(images).anomaly_map
+    with pytest.warns(FutureWarning, match="flat keyword"):
+        loaded = Patchcore.load_from_checkpoint(ckpt, map_location="cpu")
+    assert isinstance(loaded.post_processor, F2PAD)
+    assert loaded.post_processor.optimisation == refiner.optimisation
+    assert (loaded.post_processor.max_iters, loaded.post_processor.exemplar) == (10, refiner.exemplar)
+    torch.testing.assert_close(loaded.eval()(images).anomaly_map, expected)
+
+
+def test_f2pad_sections_validate_their_keys_and_warn_when_their_mode_is_off() -> None:
+    legacy = set(inspect.signature(flat_options).parameters) - {"_"}
+    assert legacy == {attribute for keys in _SECTIONS.values() for attribute in keys.values()}  # every option once
+    refiner = F2PAD(init="inpaint", max_iters=50, optimisation={"alpha1": 0.0})
+    assert (refiner.alpha1, refiner.alpha2, refiner.max_iters) == (0.0, 0.02, 50)
+    assert refiner.init_args()["optimisation"]["alpha1"] == 0.0  # recorded as plain data
+    with pytest.raises(ValueError, match="F2PAD: unknown optimisation key"):
+        F2PAD(optimisation={"alpha": 0.0})
+    with pytest.raises(ValueError, match="F2PAD: alpha1 given both flat and in optimisation"):
+        F2PAD(alpha1=0.1, optimisation={"alpha1": 0.0})
+    with pytest.warns(NoEffectWarning, match=r"optimisation.lr has no effect with max_iters=0"):
+        F2PAD(optimisation={"lr": 0.05})
+    with pytest.warns(NoEffectWarning, match=r'exemplar.windows has no effect with init="inpaint"'):
+        F2PAD(init="inpaint", max_iters=5, exemplar={"windows": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F2PAD()  # the default path sets nothing it ignores
+        F2PAD(init="inpaint", max_iters=5, optimisation={"lr": 0.05})
+        F2PAD(**F2PAD(exemplar={"windows": 1}).init_args())  # defaults recorded in checkpoints do not warn
 
 
 def test_paedid_refiner_in_engine(tiny_mvtec_root: Path, tmp_path: Path) -> None:
@@ -602,12 +672,12 @@ def test_exemplar_windows_explain_each_pixel_by_the_closest_normal_window() -> N
     assert residual[2][normal].mean() < 0.03 < 0.1 < residual[1][normal].mean()  # one window misses a half
     assert residual[2][stroke].mean() > 0.5  # no normal window explains the defect
     with pytest.raises(ValueError, match="exemplar_windows"):
-        F2PAD(exemplar_windows=0)
+        F2PAD(exemplar={"windows": 0})
 
 
 def test_exemplar_initialisation_keeps_training_images_through_a_checkpoint() -> None:
     train = _texture_tiles(6, 32, seed=0)
-    refiner = _refiner(init="exemplar", num_exemplars=4)
+    refiner = _refiner(init="exemplar", exemplar={"images": 4})
     with pytest.raises(RuntimeError, match="no stored training images"):
         refiner.initial_background(train[:1], torch.ones(1, 1, 32, 32, dtype=torch.bool), torch.zeros(1, 1, 32, 32))
     refiner.fit_prior(train)
@@ -641,7 +711,7 @@ def test_paedid_refiner_decomposes_with_the_settings_stored_on_its_pae() -> None
 
 def test_pae_initialisation_fills_only_the_mask() -> None:
     train = _texture_tiles(6, 32, seed=0)
-    refiner = _refiner(init="pae", pae_epochs=1)
+    refiner = _refiner(init="pae", pae_prior={"epochs": 1})
     refiner.fit_prior(train)
     assert refiner.pae.is_fitted
     image = _texture_tiles(2, 32, seed=3)

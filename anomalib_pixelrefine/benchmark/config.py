@@ -7,7 +7,7 @@ additions, all optional::
     accelerator: cpu            # or cuda, or a list of both
     n_jobs: 1                   # job processes at once (cuda: default = number of GPUs)
     isolation: process          # "process": every job in a fresh process (exact peak RSS); "none": in this process
-    output_dir: benchmarks/results/quick
+    output_dir: ./results/benchmark/quick
     image_size: 64              # resolution given to every model's pre-processor (same resolution for all)
     qualitative_samples: 3      # defective test images shown per job in the qualitative grid
     print_table: true           # print the Markdown table at the end (the files are always written)
@@ -20,7 +20,7 @@ additions, all optional::
           - {class_path: Pae, engine: {max_epochs: 5}}
           - {class_path: Pae, name: Pae_no_decomposition, init_args: {decompose: false}}  # a named variant
       post_processor:
-        grid: [default, f2pad, {class_path: f2pad, name: f2pad_fixed_step, init_args: {adaptive_step: false}}]
+        grid: [default, f2pad, {class_path: f2pad, name: f2pad_paper, init_args: {init: inpaint, max_iters: 50}}]
       data:                     # "default" = embedded benchmark; else any anomalib datamodule class
         class_path: default
         init_args: {category: {grid: [gravel, brick]}, image_size: 64}
@@ -220,7 +220,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if set(item) - _EXCLUDE_KEYS:
             msg = f"Unknown keys {sorted(set(item) - _EXCLUDE_KEYS)} in 'exclude'; allowed: {sorted(_EXCLUDE_KEYS)}."
             raise BenchmarkConfigError(msg)
-    config.setdefault("output_dir", "benchmarks/results/latest")
+    config.setdefault("output_dir", "./results/benchmark/latest")
     config.setdefault("qualitative_samples", 3)
     config.setdefault("plots", True)
     config.setdefault("print_table", True)

@@ -4,7 +4,9 @@ Suite profiles compare every model and refiner (``quick``, ``full``, ``realistic
 profiles measure one method's own questions (ablations, capacity, noise) with the same jobs, columns and reports. A
 variant of the same class is a grid entry with its own ``name`` (the label in tables, job ids and ``exclude`` rules)
 and its own ``init_args``. ``python benchmarks/run_benchmark.py --write-configs`` writes each profile to
-``benchmarks/configs/<name>.yaml`` with its :data:`DESCRIPTIONS` entry as the header.
+``benchmarks/configs/<name>.yaml`` with its :data:`DESCRIPTIONS` entry as the header. A profile writes into
+``./results/benchmark/<name>`` (never into the source tree); the committed results were written with
+``--output_dir benchmarks/results/<name>``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ QUICK_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
     "isolation": "none",
-    "output_dir": "benchmarks/results/quick",
+    "output_dir": "./results/benchmark/quick",
     "image_size": 64,
     "qualitative_samples": 3,
     "plots": True,
@@ -74,16 +76,14 @@ QUICK_PROFILE: dict[str, Any] = {
                             {**_QUICK_LITE0, "layers": ["blocks.2", "blocks.4"]},
                             {**_QUICK_LITE0, "backbone": "tf_efficientnet_lite1", "layers": ["blocks.2", "blocks.4"]},
                         ],
-                        "hidden": 256,
                     },
-                    "engine": {"max_epochs": 2},
                 },
             ],
         },
         "post_processor": {
             "grid": [
                 "default",
-                {"class_path": "f2pad", "init_args": {"max_iters": 15, "check_every": 5}},
+                {"class_path": "f2pad", "init_args": {"max_iters": 15, "optimisation": {"check_every": 5}}},
                 {"class_path": "paedid", "init_args": {"channels": [16, 32]}},
             ],
         },
@@ -106,7 +106,7 @@ FULL_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
     "isolation": "process",
-    "output_dir": "benchmarks/results/full",
+    "output_dir": "./results/benchmark/full",
     "image_size": 128,
     "qualitative_samples": 4,
     "plots": True,
@@ -127,7 +127,6 @@ FULL_PROFILE: dict[str, Any] = {
                 {
                     "class_path": "FeatureEnsemble",
                     "init_args": {"members": [{**_RESNET18, "layers": ["layer2", "layer3"]}]},
-                    "engine": {"max_epochs": 10},
                 },
             ],
         },
@@ -148,9 +147,9 @@ FULL_PROFILE: dict[str, Any] = {
 }
 
 #: Pni settings that train in seconds on a 2-core CPU (smaller coreset, distribution and networks than the paper's);
-#: shared by the demo and the realistic benchmark. Issue 17 (benchmarks/results/issue17_pni): with pretrained lite0
-#: the refinement R added at most +0.001 pixel AUROC and +0.008 best Dice for 10-18x PatchCore's fit time, so it is
-#: off here, and N is trained 3 epochs (8 gave the same maps).
+#: shared by the demo and the realistic benchmark. Measured in benchmarks/results/pni_vs_patchcore: with pretrained
+#: lite0 the refinement R added at most +0.001 pixel AUROC and +0.008 best Dice for 10-18x PatchCore's fit time, so it
+#: is off here, and N is trained 3 epochs (8 gave the same maps).
 PNI_CPU_ARGS: dict[str, Any] = {
     "coreset_ratio": 0.1,
     "distribution_size": 256,
@@ -160,9 +159,20 @@ PNI_CPU_ARGS: dict[str, Any] = {
     "mlp_channels": 32,
     "mlp_epochs": 3,
     "refine": False,
-    "refine_epochs": 15,
-    "refine_channels": [8, 16, 32],
 }
+#: The refinement network R of the CPU settings, where R is on (the ablations).
+_PNI_R = {"refine_epochs": 15, "refine_channels": [8, 16, 32]}
+
+
+def _pni_args(**args: Any) -> dict[str, Any]:
+    """Pni ``init_args`` without the arguments of the parts its switches turn off (they would do nothing)."""
+    from anomalib_pixelrefine.models.image.pni.lightning_model import NEIGHBOURHOOD_ARGS, REFINE_ARGS
+
+    drop = (NEIGHBOURHOOD_ARGS if args.get("use_neighbourhood") is False else ()) + (
+        REFINE_ARGS if args.get("refine") is False else ()
+    )
+    return {key: value for key, value in args.items() if key not in drop}
+
 
 # Real ImageNet features offline (``pixelrefine weights``): the main setting of every quality claim.
 _LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
@@ -198,7 +208,7 @@ REALISTIC_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
     "isolation": "process",
-    "output_dir": "benchmarks/results/realistic",
+    "output_dir": "./results/benchmark/realistic",
     "image_size": 128,
     "qualitative_samples": 4,
     "plots": True,
@@ -228,9 +238,7 @@ REALISTIC_PROFILE: dict[str, Any] = {
                             {**_LITE0, "layers": ["blocks.2", "blocks.4"]},
                             {**_LITE1, "layers": ["blocks.2", "blocks.4"]},
                         ],
-                        "hidden": 256,
                     },
-                    "engine": {"max_epochs": 8},
                 },
             ],
         },
@@ -249,7 +257,7 @@ _CFLOW_HOST = {
 }
 
 #: F2PAD with one exemplar window (the default before ``exemplar_windows``), in both refiner comparisons.
-_F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "name": "f2pad_1window"}
+_F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar": {"windows": 1}}, "name": "f2pad_1window"}
 
 #: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
 #: exemplar background of the training images, no optimisation; ``f2pad_inpaint``: the Telea background, no
@@ -259,7 +267,7 @@ _F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar_windows": 1}, "
 #: 2-core CPU; add ``grass``/``gravel`` where time allows). The hosts' oracle rows are in ``realistic``.
 REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
-    "output_dir": "benchmarks/results/realistic_refiners",
+    "output_dir": "./results/benchmark/realistic_refiners",
     "exclude": [],
     "benchmark": {
         "seed": {"grid": [0]},
@@ -292,7 +300,7 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
 #: comparable).
 REFINER_SPEED_224_PROFILE: dict[str, Any] = {
     **REALISTIC_REFINERS_PROFILE,
-    "output_dir": "benchmarks/results/refiner_speed_224",
+    "output_dir": "./results/benchmark/refiner_speed_224",
     "image_size": 224,
     "isolation": "none",
     "plots": False,
@@ -318,7 +326,7 @@ REFINER_SPEED_224_PROFILE: dict[str, Any] = {
 #: refiners' randomness. PaDiM and PatchCore alone, with the default F2PAD and with one exemplar window.
 REALISTIC_REFINERS_SEEDS_PROFILE: dict[str, Any] = {
     **REALISTIC_REFINERS_PROFILE,
-    "output_dir": "benchmarks/results/realistic_refiners_seeds",
+    "output_dir": "./results/benchmark/realistic_refiners_seeds",
     "qualitative_samples": 0,
     "plots": False,
     "benchmark": {
@@ -365,7 +373,7 @@ def _method_profile(
     seeds: tuple[int, ...] = (0,),
     **settings: Any,
 ) -> dict[str, Any]:
-    """A method profile: one process, 64 px, results in ``benchmarks/results/<name>``; ``settings`` override."""
+    """A method profile: one process, 64 px, results in ``./results/benchmark/<name>``; ``settings`` override."""
     return {
         "accelerator": "cpu",
         "n_jobs": 1,
@@ -374,7 +382,7 @@ def _method_profile(
         "qualitative_samples": 3,
         "plots": True,
         **settings,
-        "output_dir": f"benchmarks/results/{name}",
+        "output_dir": f"./results/benchmark/{name}",
         "exclude": exclude or [],
         "benchmark": {
             "seed": {"grid": list(seeds)},
@@ -396,15 +404,15 @@ def _variants(class_path: str, base: dict[str, Any], variants: dict[str, dict[st
 
 # F2PAD's ablations (paper tables II-III) as named post-processors, run on PatchCore only: the paper's method
 # (Telea n0 for the MAE, the optimisation), each component removed; ``f2pad`` is this package's default.
-_F2PAD_BASE = {"init": "inpaint", "max_iters": 50, "check_every": 10}
+_F2PAD_BASE = {"init": "inpaint", "max_iters": 50}
 _F2PAD_ABLATIONS = {
     "f2pad_init_only": {"max_iters": 0},
-    "f2pad_no_pixel_prior": {"alpha1": 0.0, "alpha2": 0.0},
-    "f2pad_no_sparsity": {"beta0": 0.0},
-    "f2pad_no_sharing": {"gradient_sharing": False},
-    "f2pad_no_adaptive_step": {"adaptive_step": False},
-    "f2pad_plain_adan": {"gradient_sharing": False, "adaptive_step": False},
-    "f2pad_full_image": {"roi_local": False},
+    "f2pad_no_pixel_prior": {"optimisation": {"alpha1": 0.0, "alpha2": 0.0}},
+    "f2pad_no_sparsity": {"optimisation": {"beta0": 0.0}},
+    "f2pad_no_sharing": {"optimisation": {"gradient_sharing": False}},
+    "f2pad_no_adaptive_step": {"optimisation": {"adaptive_step": False}},
+    "f2pad_plain_adan": {"optimisation": {"gradient_sharing": False, "adaptive_step": False}},
+    "f2pad_full_image": {"optimisation": {"roi_local": False}},
 }
 #: F2PAD (paper tables I-III): PaDiM / PatchCore / CFLOW before and after F2PAD on the paper's random-colour
 #: cut-paste defects, and on PatchCore every ablation: initialisation only, w/o pixel prior, w/o sparsity, gradient
@@ -425,7 +433,7 @@ F2PAD_PROFILE = _method_profile(
 )
 
 # Pni with the CPU settings, fewer epochs at 64 px; the variants switch the paper's components on one by one.
-_PNI_64 = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS, "mlp_epochs": 4, "refine_epochs": 8}
+_PNI_64 = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS, **_PNI_R, "mlp_epochs": 4, "refine_epochs": 8}
 _PNI_ABLATIONS = {
     "Pni_base": {"use_neighbourhood": False, "use_position": False, "refine": False},
     "Pni_N": {"use_neighbourhood": True, "use_position": False, "refine": False},
@@ -434,16 +442,23 @@ _PNI_ABLATIONS = {
     # The public PNI code joins N and P as the mean of the two masked scores (the paper's eq. (6): of probabilities).
     "Pni_NPR_score_combine": {"use_neighbourhood": True, "use_position": True, "refine": True, "combine": "score"},
 }
+
+
+def _pni_variants(variants: dict[str, dict[str, Any]]) -> list:
+    """Pni grid entries on top of ``_PNI_64``, each without the arguments of the parts it switches off."""
+    return [{**entry, "init_args": _pni_args(**entry["init_args"])} for entry in _variants("Pni", _PNI_64, variants)]
+
+
 #: PNI ablation: PatchCore (same backbone, layers and coreset ratio) and Pni with N, P and R switched on one by one.
 PNI_PROFILE = _method_profile(
-    "pni", [_PATCHCORE_64, *_variants("Pni", _PNI_64, _PNI_ABLATIONS)], _method_data("pni", ["brick", "gravel"])
+    "pni", [_PATCHCORE_64, *_pni_variants(_PNI_ABLATIONS)], _method_data("pni", ["brick", "gravel"])
 )
 
 #: How much one coreset draw moves the numbers: PatchCore and the Pni baseline (no N/P/R) over several seeds. The
 #: job seed also draws the held-back calibration images, so the spread is an upper bound of the coreset noise.
 PNI_CORESET_NOISE_PROFILE = _method_profile(
     "pni_coreset_noise",
-    [_PATCHCORE_64, *_variants("Pni", _PNI_64, {"Pni_base": _PNI_ABLATIONS["Pni_base"]})],
+    [_PATCHCORE_64, *_pni_variants({"Pni_base": _PNI_ABLATIONS["Pni_base"]})],
     _method_data("pni", ["brick", "gravel"]),
     seeds=(0, 1, 2, 3),
     qualitative_samples=0,
@@ -452,12 +467,13 @@ PNI_CORESET_NOISE_PROFILE = _method_profile(
 
 _FE_MEMBERS = {"lite0": _LITE0_64, "lite1": {**_LITE1, "layers": ["blocks.1", "blocks.2"]}}
 #: FeatureEnsemble: each single member, the feature-level ensemble with a global or an individual block, and the
-#: output-level ensemble (same members, same training).
+#: output-level ensemble (same members, same training), with the SimpleNet discriminator head (the default head when
+#: the committed results were measured; ``hidden``, ``lr``, ``steps_per_batch`` and the epochs are that head's).
 FEATURE_ENSEMBLE_PROFILE = _method_profile(
     "feature_ensemble",
     _variants(
         "FeatureEnsemble",
-        {"hidden": 256, "lr": 3e-3, "steps_per_batch": 20},
+        {"head": "discriminator", "hidden": 256, "lr": 3e-3, "steps_per_batch": 20},
         {
             "FE_single_lite0": {"members": [_FE_MEMBERS["lite0"]]},
             "FE_single_lite1": {"members": [_FE_MEMBERS["lite1"]]},
@@ -521,30 +537,30 @@ DATA_DEFAULT_PROFILE = _method_profile(
 )
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Issue 17 (FeatureEnsemble and Pni against their baselines). Kept in one block to ease merging.
+# FeatureEnsemble and Pni against their baselines on the realistic data.
 # Same data as ``realistic`` (128 px, brick/gravel/elpv with synthetic defects + real ELPV defects), synthetic
 # calibration only, ``isolation: none`` (the jobs share one process: fit/inference times stay comparable, the peak RSS
 # column includes the earlier jobs).
-_ISSUE17_DATA = {
+_REALISTIC_SYNTHETIC_DATA = {
     **_REALISTIC_DATA,
     "init_args": {**_REALISTIC_DATA["init_args"], "val_split_mode": "synthetic"},
 }
-_ISSUE17_PATCHCORE = _REALISTIC_HOST_SPECS[1]
+_REALISTIC_PATCHCORE = _REALISTIC_HOST_SPECS[1]
 
 
-# The Pni settings the ablation measured (PNI_CPU_ARGS before issue 17: R on, 8 MLP epochs).
-_PNI_ISSUE17_BASE = {**PNI_CPU_ARGS, "mlp_epochs": 8, "refine": True}
+# The Pni settings the ablation measured (the earlier PNI_CPU_ARGS: R on, 8 MLP epochs).
+_PNI_ABLATION_BASE = {**PNI_CPU_ARGS, **_PNI_R, "mlp_epochs": 8, "refine": True}
 
 
 def _pni_variant(name: str, **overrides: Any) -> dict[str, Any]:
-    init_args = {**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ISSUE17_BASE, **overrides}
+    init_args = _pni_args(**{**_LITE0, "layers": ["blocks.2", "blocks.4"], **_PNI_ABLATION_BASE, **overrides})
     return {"class_path": "Pni", "name": name, "init_args": init_args}
 
 
 #: What P (position), N (neighbourhood MLP) and R (refinement) each add with real features (lite0), next to PatchCore.
-ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
+PNI_ABLATION_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
-    "output_dir": "benchmarks/results/issue17_pni_ablation",
+    "output_dir": "./results/benchmark/pni_ablation",
     "isolation": "none",
     "plots": False,
     "exclude": [],
@@ -552,7 +568,7 @@ ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
         "seed": {"grid": [0]},
         "model": {
             "grid": [
-                _ISSUE17_PATCHCORE,
+                _REALISTIC_PATCHCORE,
                 _pni_variant("Pni_PNR"),  # the realistic profile's Pni
                 _pni_variant("Pni_PN", refine=False),
                 _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
@@ -562,7 +578,7 @@ ISSUE17_PNI_ABLATION_PROFILE: dict[str, Any] = {
             ],
         },
         "post_processor": "default",
-        "data": _ISSUE17_DATA,
+        "data": _REALISTIC_SYNTHETIC_DATA,
         "engine": {"max_epochs": 1},
     },
 }
@@ -576,9 +592,9 @@ def _fe_variant(name: str, members: list[dict[str, Any]], **overrides: Any) -> d
 
 #: FeatureEnsemble (memory head, pretrained EfficientNet-Lite members) against each member alone and anomalib's
 #: PatchCore with either member's backbone; the SimpleNet discriminator head once (seed 0, 8 epochs).
-ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
-    **ISSUE17_PNI_ABLATION_PROFILE,
-    "output_dir": "benchmarks/results/issue17_feature_ensemble",
+ENSEMBLE_VS_MEMBERS_PROFILE: dict[str, Any] = {
+    **PNI_ABLATION_PROFILE,
+    "output_dir": "./results/benchmark/ensemble_vs_members",
     "exclude": [
         {"model": ["FE_lite0", "FE_lite1", "FE_lite0+lite1_disc"], "seed": [1, 2]},
     ],
@@ -586,11 +602,11 @@ ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
         "seed": {"grid": [0, 1, 2]},
         "model": {
             "grid": [
-                {**_ISSUE17_PATCHCORE, "name": "Patchcore_lite0"},
+                {**_REALISTIC_PATCHCORE, "name": "Patchcore_lite0"},
                 {
                     "class_path": "Patchcore",
                     "name": "Patchcore_lite1",
-                    "init_args": {**_ISSUE17_PATCHCORE["init_args"], **_LITE1},
+                    "init_args": {**_REALISTIC_PATCHCORE["init_args"], **_LITE1},
                 },
                 _fe_variant("FE_lite0", [_LITE0]),
                 _fe_variant("FE_lite1", [_LITE1]),
@@ -602,22 +618,22 @@ ISSUE17_FEATURE_ENSEMBLE_PROFILE: dict[str, Any] = {
             ],
         },
         "post_processor": "default",
-        "data": _ISSUE17_DATA,
+        "data": _REALISTIC_SYNTHETIC_DATA,
         "engine": {"max_epochs": 1},
     },
 }
 
 
 #: Pni without R after the end-of-fit validation fix (the ``Pni_PN``/``N``/``P``/``plain`` rows of
-#: ``issue17_pni_ablation`` were calibrated on an unfinished model), plus a cheaper N (3 MLP epochs).
-ISSUE17_PNI_PROFILE: dict[str, Any] = {
-    **ISSUE17_PNI_ABLATION_PROFILE,
-    "output_dir": "benchmarks/results/issue17_pni",
+#: ``pni_ablation`` were calibrated on an unfinished model), plus a cheaper N (3 MLP epochs).
+PNI_VS_PATCHCORE_PROFILE: dict[str, Any] = {
+    **PNI_ABLATION_PROFILE,
+    "output_dir": "./results/benchmark/pni_vs_patchcore",
     "benchmark": {
-        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        **PNI_ABLATION_PROFILE["benchmark"],
         "model": {
             "grid": [
-                _ISSUE17_PATCHCORE,
+                _REALISTIC_PATCHCORE,
                 _pni_variant("Pni_PN", refine=False),
                 _pni_variant("Pni_PN_mlp3", refine=False, mlp_epochs=3),
                 _pni_variant("Pni_P", refine=False, use_neighbourhood=False),
@@ -630,15 +646,15 @@ ISSUE17_PNI_PROFILE: dict[str, Any] = {
 
 
 #: The Pni CPU settings chosen from the ablation (PNI_CPU_ARGS: P + N, no R) against PatchCore, 3 seeds.
-ISSUE17_PNI_SEEDS_PROFILE: dict[str, Any] = {
-    **ISSUE17_PNI_ABLATION_PROFILE,
-    "output_dir": "benchmarks/results/issue17_pni_seeds",
+PNI_SEEDS_PROFILE: dict[str, Any] = {
+    **PNI_ABLATION_PROFILE,
+    "output_dir": "./results/benchmark/pni_seeds",
     "benchmark": {
-        **ISSUE17_PNI_ABLATION_PROFILE["benchmark"],
+        **PNI_ABLATION_PROFILE["benchmark"],
         "seed": {"grid": [0, 1, 2]},
         "model": {
             "grid": [
-                _ISSUE17_PATCHCORE,
+                _REALISTIC_PATCHCORE,
                 {"class_path": "Pni", "init_args": {**_LITE0, "layers": ["blocks.2", "blocks.4"], **PNI_CPU_ARGS}},
             ],
         },
@@ -660,10 +676,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "pae": PAE_PROFILE,
     "pae_capacity": PAE_CAPACITY_PROFILE,
     "data_default": DATA_DEFAULT_PROFILE,
-    "issue17_pni_ablation": ISSUE17_PNI_ABLATION_PROFILE,
-    "issue17_feature_ensemble": ISSUE17_FEATURE_ENSEMBLE_PROFILE,
-    "issue17_pni": ISSUE17_PNI_PROFILE,
-    "issue17_pni_seeds": ISSUE17_PNI_SEEDS_PROFILE,
+    "pni_ablation": PNI_ABLATION_PROFILE,
+    "ensemble_vs_members": ENSEMBLE_VS_MEMBERS_PROFILE,
+    "pni_vs_patchcore": PNI_VS_PATCHCORE_PROFILE,
+    "pni_seeds": PNI_SEEDS_PROFILE,
 }
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
@@ -697,11 +713,11 @@ PatchCore alone and with the PAEDID refiner.""",
     "pae_capacity": """PAEDID capacity: autoencoder widths and epochs on gravel cracks.""",
     "data_default": """Embedded data build time (metadata data_build_s; 0 when cached) and anomalib PaDiM (random
 resnet18) on it at the data's default sizes.""",
-    "issue17_pni_ablation": """Issue 17: what Pni's P, N and R each add with pretrained lite0, next to PatchCore.""",
-    "issue17_feature_ensemble": """Issue 17: FeatureEnsemble (memory head, lite0 + lite1) vs each member alone and
+    "pni_ablation": """What Pni's P, N and R each add with pretrained lite0, next to PatchCore.""",
+    "ensemble_vs_members": """FeatureEnsemble (memory head, lite0 + lite1) vs each member alone and
 PatchCore with either backbone, 3 seeds.""",
-    "issue17_pni": """Issue 17: Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
-    "issue17_pni_seeds": """Issue 17: the Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
+    "pni_vs_patchcore": """Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
+    "pni_seeds": """The Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
     "realistic_refiners_seeds": """Seeds 1-2 of `realistic_refiners`: PaDiM / PatchCore alone, with F2PAD and with one
 exemplar window.""",
     "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone and with the F2PAD variants (brick).""",

@@ -29,19 +29,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from .generators import (
-    BurnDefect,
-    CrackDefect,
-    CutPaste,
-    CutPasteScar,
-    DefectGenerator,
-    HandDrawnDefect,
-    PerlinDefect,
-    PittingDefect,
-    ScratchDefect,
-    StainDefect,
-    TextureSwapDefect,
-)
+from .generators import defect_generator
+from .generators import to_uint8 as _to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -88,50 +77,7 @@ class InvalidDatasetError(ValueError):
     """An MVTec-style folder is missing parts or holds invalid files; the message names the path."""
 
 
-def defect_generator(name: str, seed: int) -> DefectGenerator:
-    """Generator of a named defect kind (names are the test/<defect> folder names of the embedded benchmark)."""
-    factories = {
-        "cut_paste_color": lambda: CutPaste(mode="color", seed=seed),
-        "cut_paste_patch": lambda: CutPaste(mode="patch", seed=seed),
-        "scar": lambda: CutPasteScar(mode="mixed", seed=seed),
-        "perlin": lambda: PerlinDefect(seed=seed),
-        "hand_drawn": lambda: HandDrawnDefect(seed=seed),
-        "crack": lambda: CrackDefect(seed=seed),
-        "stain": lambda: StainDefect(seed=seed),
-        "burn": lambda: BurnDefect(seed=seed),
-        "pitting": lambda: PittingDefect(seed=seed),
-        "scratch": lambda: ScratchDefect(seed=seed),
-        "texture_swap": lambda: TextureSwapDefect(seed=seed),
-    }
-    if name not in factories:
-        msg = f"Unknown defect kind {name!r}. Known: {', '.join(factories)}."
-        raise ValueError(msg)
-    return factories[name]()
-
-
 # --------------------------------------------------------------------------------------------------------- writing
-def _to_uint8(image: ImageLike, is_mask: bool = False) -> np.ndarray:
-    """Convert a ``(C, H, W)``/``(H, W)`` float tensor in [0, 1] or an ``(H, W[, C])`` uint8 array to PIL layout."""
-    if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.ndim == 3:
-            array = array.permute(1, 2, 0)
-        if array.is_floating_point():
-            array = (array.clamp(0, 1) * 255).round()
-        array = array.to(torch.uint8).numpy()
-    else:
-        array = np.asarray(image)
-        if array.dtype != np.uint8:
-            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if is_mask:
-        array = np.where(array > 0, 255, 0).astype(np.uint8)
-        if array.ndim == 3:
-            array = array.max(-1)
-    return array
-
-
 def _write_images(folder: Path, images: Sequence[ImageLike], suffix: str = "", is_mask: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images):

@@ -38,9 +38,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
-from torch import nn
+from torch import Generator, Tensor, nn
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -57,7 +58,13 @@ __all__ = [
     "StainDefect",
     "SyntheticDefectDataset",
     "TextureSwapDefect",
+    "defect_generator",
+    "to_uint8",
 ]
+
+
+#: A defective image and its mask.
+Pair = tuple[Tensor, Tensor]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -157,14 +164,18 @@ def polyline_mask(
 class DefectGenerator(nn.Module):
     """Base class of the synthetic defect generators.
 
-    Subclasses implement :meth:`_generate`, which returns a candidate defective image and mask for one ``(C, H, W)``
-    image. The base class handles batches, retries until the mask is non-empty, clamps to ``[0, 1]``, restores the
-    original outside the mask and enforces a minimal change of ``min_diff`` inside it, so the mask is exact.
+    The skeleton every kind shares: :meth:`forward` handles batches (the next image of the batch is the ``source`` of
+    cut-paste kinds) and :meth:`_generate_one` retries until the mask is non-empty, then :meth:`_finalize` blends:
+    clamps to ``[0, 1]``, keeps the original outside the mask and pushes weakly changed masked pixels ``min_diff``
+    away, so the mask is exact. A kind states only what differs: its options (``**base`` passes ``min_diff`` and
+    ``seed`` on; :attr:`default_min_diff`, :attr:`soft_edge`) and :meth:`_generate`, which samples the shape (the
+    module's mask functions) and returns the painted image (painting the whole image is fine) with the mask.
 
     Args:
         min_diff: Minimal absolute change (max over channels) of every masked pixel. Masked pixels that changed less
             are pushed ``min_diff`` away from the original (F2PAD's "far from the original" check; F2PAD rescales the
-            pixel by a factor, we shift it, which also works for black and white pixels).
+            pixel by a factor, we shift it, which also works for black and white pixels). ``None``: the kind's
+            :attr:`default_min_diff`.
         seed: Seed of the internal ``torch.Generator`` used when ``forward`` gets no generator. ``None`` draws the
             seed from torch's global generator (so ``torch.manual_seed`` makes it reproducible too).
         max_tries: Attempts to get a non-empty mask before falling back to a small square.
@@ -172,9 +183,12 @@ class DefectGenerator(nn.Module):
 
     #: Keep changes just outside the mask (a faint halo, below the annotated level) instead of restoring them.
     soft_edge = False
+    #: ``min_diff`` when none is given (smaller for the faint kinds).
+    default_min_diff = 0.1
 
-    def __init__(self, min_diff: float = 0.1, seed: int | None = None, max_tries: int = 10) -> None:
+    def __init__(self, min_diff: float | None = None, seed: int | None = None, max_tries: int = 10) -> None:
         super().__init__()
+        min_diff = self.default_min_diff if min_diff is None else min_diff
         if not 0.0 < min_diff <= 0.5:
             msg = f"min_diff must be in (0, 0.5], got {min_diff}."
             raise ValueError(msg)
@@ -235,12 +249,7 @@ class DefectGenerator(nn.Module):
             msg = f"image is too small for a synthetic defect: shape {tuple(image.shape)}."
             raise ValueError(msg)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         """Return a candidate ``(defective_image (C, H, W), mask (H, W) bool)`` for one image.
 
         Args:
@@ -250,12 +259,7 @@ class DefectGenerator(nn.Module):
         """
         raise NotImplementedError
 
-    def _generate_one(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate_one(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         """Generate with retries and make the mask exact; returns ``(image (C, H, W), mask (1, H, W))``."""
         original = image.float()
         candidate, mask = original, torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
@@ -328,8 +332,7 @@ class CutPaste(DefectGenerator):
         aspect_range: Range of width / height ratios (sampled log-uniformly).
         rotation_range: Rotation range in degrees.
         jitter: Strength of the brightness/colour jitter of pasted patches.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     MODES = ("color", "patch", "mixed")
@@ -341,10 +344,9 @@ class CutPaste(DefectGenerator):
         aspect_range: tuple[float, float] = (0.3, 3.3),
         rotation_range: tuple[float, float] = (0.0, 0.0),
         jitter: float = 0.3,
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         if mode not in self.MODES:
             msg = f"mode must be one of {self.MODES}, got {mode!r}."
             raise ValueError(msg)
@@ -371,15 +373,9 @@ class CutPaste(DefectGenerator):
             return self._random_color(image, generator).expand_as(image)
         return self._shifted_patch(image, source, generator, self.jitter)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         mask = self._shape_mask(image.shape[-2], image.shape[-1], generator, image.device)
-        fill = self._fill(image, source, generator)
-        return torch.where(mask[None], fill, image), mask
+        return self._fill(image, source, generator), mask  # the base keeps the original outside the mask
 
 
 class CutPasteScar(CutPaste):
@@ -392,8 +388,7 @@ class CutPasteScar(CutPaste):
         min_width: Minimal width in pixels.
         rotation_range: Rotation range in degrees.
         jitter: Strength of the brightness/colour jitter of pasted patches.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
@@ -404,10 +399,9 @@ class CutPasteScar(CutPaste):
         min_width: float = 1.0,
         rotation_range: tuple[float, float] = (-45.0, 45.0),
         jitter: float = 0.3,
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(mode=mode, rotation_range=rotation_range, jitter=jitter, min_diff=min_diff, seed=seed)
+        super().__init__(mode=mode, rotation_range=rotation_range, jitter=jitter, **base)
         self.length_range = _check_range("length_range", length_range, 0.0)
         self.width_range = _check_range("width_range", width_range, 0.0)
         self.min_width = float(min_width)
@@ -437,34 +431,27 @@ class PerlinDefect(DefectGenerator):
     Args:
         anomaly_source_path: Optional folder of texture images (DTD in DRAEM) used as anomaly source.
         blend_range: Range of the blend factor ``beta`` of the anomaly over the image.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
         self,
         anomaly_source_path: str | None = None,
         blend_range: tuple[float, float] = (0.2, 1.0),
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         self.blend_range = _check_range("blend_range", blend_range, 0.0, 1.0)
         # anomalib draws its solarize threshold at construction from the global state: seed it for reproducibility.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0 if seed is None else seed)
+            torch.manual_seed(0 if self.seed is None else self.seed)
             self.perlin = PerlinAnomalyGenerator(
                 anomaly_source_path=anomaly_source_path,
                 probability=1.0,
                 blend_factor=self.blend_range,
             )
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         if min(image.shape[-2:]) < PERLIN_MIN_SIZE:
             msg = (
                 f"PerlinDefect: image too small for anomalib's Perlin generator: {image.shape[-2]}x{image.shape[-1]} "
@@ -497,8 +484,7 @@ class HandDrawnDefect(DefectGenerator):
         thickness_range: Brush diameter relative to the shorter image side (at least ``min_thickness`` pixels).
         min_thickness: Minimal brush diameter in pixels.
         max_turn: Maximal turning angle between steps in degrees.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
@@ -509,10 +495,9 @@ class HandDrawnDefect(DefectGenerator):
         thickness_range: tuple[float, float] = (0.015, 0.05),
         min_thickness: float = 1.0,
         max_turn: float = 60.0,
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         self.num_strokes = tuple(int(v) for v in _check_range("num_strokes", num_strokes, 1))
         self.num_points = tuple(int(v) for v in _check_range("num_points", num_points, 2))
         self.step_range = _check_range("step_range", step_range, 0.0)
@@ -540,12 +525,7 @@ class HandDrawnDefect(DefectGenerator):
     def _stroke_color(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self._random_color(image, generator)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         side = min(height, width)
         out, mask = image, torch.zeros(height, width, dtype=torch.bool, device=image.device)
@@ -579,8 +559,7 @@ class CrackDefect(HandDrawnDefect):
         num_branches: Range of the number of branches.
         jaggedness: Standard deviation of the heading change per step in degrees.
         darkness_range: Range of the multiplicative darkening inside the crack.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
@@ -591,10 +570,9 @@ class CrackDefect(HandDrawnDefect):
         num_branches: tuple[int, int] = (0, 2),
         jaggedness: float = 25.0,
         darkness_range: tuple[float, float] = (0.1, 0.5),
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         self.length_range = _check_range("length_range", length_range, 0.0)
         self.width_range = _check_range("width_range", width_range, 0.0)
         self.min_width = float(min_width)
@@ -616,12 +594,7 @@ class CrackDefect(HandDrawnDefect):
         steps = torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1) * step
         return torch.cat((start[None], start[None] + torch.cumsum(steps, 0)), dim=0)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         side = min(height, width)
         length = _uniform(generator, *self.length_range) * side
@@ -641,7 +614,7 @@ class CrackDefect(HandDrawnDefect):
         thickness = max(_uniform(generator, *self.width_range) * side, self.min_width)
         mask = polyline_mask(height, width, segments, thickness, image.device)
         darkness = _uniform(generator, *self.darkness_range)
-        return torch.where(mask[None], image * darkness, image), mask
+        return image * darkness, mask
 
 
 def _log_uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -707,11 +680,11 @@ class StainDefect(DefectGenerator):
         contrast_range: Range of the peak intensity shift.
         softness: Width of the fading boundary relative to the radius.
         tint: Strength of the colour difference between channels (0: the same shift in every channel).
-        min_diff: See :class:`DefectGenerator` (small: stains are faint).
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     soft_edge = True
+    default_min_diff = 0.04  # stains are faint
 
     def __init__(
         self,
@@ -719,10 +692,9 @@ class StainDefect(DefectGenerator):
         contrast_range: tuple[float, float] = (0.08, 0.2),
         softness: float = 0.3,
         tint: float = 0.3,
-        min_diff: float = 0.04,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         self.area_range = _check_range("area_range", area_range, 1e-6, 1.0)
         self.contrast_range = _check_range("contrast_range", contrast_range, 0.0, 1.0)
         self.softness = float(softness)
@@ -732,12 +704,7 @@ class StainDefect(DefectGenerator):
         """Share of the peak change at normalised distance ``distance`` (0.5 on the boundary)."""
         return torch.sigmoid((1 - distance) / max(self.softness, 1e-3) * 4)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         distance = _random_blob(height, width, self.area_range, generator)
         alpha = self._profile(distance.to(image.device))
@@ -757,26 +724,21 @@ class BurnDefect(StainDefect):
     Args:
         area_range: Range of the masked area relative to the image area (sampled log-uniformly).
         depth_range: Range of the peak darkening factor.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
+
+    default_min_diff = 0.05
 
     def __init__(
         self,
         area_range: tuple[float, float] = (0.001, 0.05),
         depth_range: tuple[float, float] = (0.5, 0.9),
-        min_diff: float = 0.05,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(area_range=area_range, min_diff=min_diff, seed=seed)
+        super().__init__(area_range=area_range, **base)
         self.depth_range = _check_range("depth_range", depth_range, 0.0, 1.0)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         distance = _random_blob(height, width, self.area_range, generator)
         # Gaussian fall-off reaching 1/3 of the peak on the boundary (distance 1).
@@ -795,8 +757,7 @@ class PittingDefect(DefectGenerator):
         spot_radius: Range of the spot radius relative to the shorter image side (at least ``min_radius`` px).
         min_radius: Minimal spot radius in pixels.
         contrast_range: Range of the spot contrast.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
@@ -806,22 +767,16 @@ class PittingDefect(DefectGenerator):
         spot_radius: tuple[float, float] = (0.003, 0.015),
         min_radius: float = 0.6,
         contrast_range: tuple[float, float] = (0.25, 0.6),
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         self.num_spots = tuple(int(v) for v in _check_range("num_spots", num_spots, 1))
         self.cluster_radius = _check_range("cluster_radius", cluster_radius, 0.0)
         self.spot_radius = _check_range("spot_radius", spot_radius, 0.0)
         self.min_radius = float(min_radius)
         self.contrast_range = _check_range("contrast_range", contrast_range, 0.0, 1.0)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         side = min(height, width)
         count = _randint(generator, *self.num_spots)
@@ -849,9 +804,10 @@ class ScratchDefect(HandDrawnDefect):
         width_range: Line width in pixels.
         contrast_range: Range of the intensity change.
         max_turn: Maximal turning angle between the segments in degrees.
-        min_diff: See :class:`DefectGenerator` (small: scratches are faint).
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
+
+    default_min_diff = 0.06  # scratches are faint
 
     def __init__(
         self,
@@ -859,20 +815,14 @@ class ScratchDefect(HandDrawnDefect):
         width_range: tuple[float, float] = (1.0, 2.0),
         contrast_range: tuple[float, float] = (0.08, 0.2),
         max_turn: float = 12.0,
-        min_diff: float = 0.06,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(max_turn=max_turn, min_diff=min_diff, seed=seed)
+        super().__init__(max_turn=max_turn, **base)
         self.length_range = _check_range("length_range", length_range, 0.0)
         self.width_range = _check_range("width_range", width_range, 0.0)
         self.contrast_range = _check_range("contrast_range", contrast_range, 0.0, 1.0)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         segments = 4
         length = _uniform(generator, *self.length_range) * min(height, width)
@@ -891,27 +841,20 @@ class TextureSwapDefect(DefectGenerator):
     Args:
         area_range: Range of the region area relative to the image area (sampled log-uniformly).
         scale_range: Range of the texture rescaling factor.
-        min_diff: See :class:`DefectGenerator`.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
         self,
         area_range: tuple[float, float] = (0.02, 0.10),
         scale_range: tuple[float, float] = (0.6, 1.6),
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         self.area_range = _check_range("area_range", area_range, 1e-6, 1.0)
         self.scale_range = _check_range("scale_range", scale_range, 0.1, 10.0)
 
-    def _generate(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         distance = _random_blob(height, width, self.area_range, generator)
         src = image if source is None else source.to(image)
@@ -936,24 +879,22 @@ class MixedDefect(DefectGenerator):
     Args:
         generators: The generators to choose from (their own seeds are not used: the mixture's generator drives all).
         weights: Relative weights of the generators; equal when ``None``.
-        min_diff: Used by the default generators.
-        seed: See :class:`DefectGenerator`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
     """
 
     def __init__(
         self,
         generators: Sequence[DefectGenerator] | None = None,
         weights: Sequence[float] | None = None,
-        min_diff: float = 0.1,
-        seed: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(min_diff=min_diff, seed=seed)
+        super().__init__(**base)
         if generators is None:
             generators = [
-                CutPaste(mode="patch", min_diff=min_diff),
-                CutPasteScar(min_diff=min_diff),
-                PerlinDefect(min_diff=min_diff),
-                HandDrawnDefect(min_diff=min_diff),
+                CutPaste(mode="patch", min_diff=self.min_diff),
+                CutPasteScar(min_diff=self.min_diff),
+                PerlinDefect(min_diff=self.min_diff),
+                HandDrawnDefect(min_diff=self.min_diff),
             ]
         if len(generators) == 0:
             msg = "MixedDefect needs at least one generator."
@@ -975,12 +916,7 @@ class MixedDefect(DefectGenerator):
         generator = self._generator if generator is None else generator
         return torch.multinomial(self.weights, num, replacement=True, generator=generator)
 
-    def _generate_one(
-        self,
-        image: torch.Tensor,
-        generator: torch.Generator,
-        source: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate_one(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         index = int(self.choose(1, generator).item())
         self.last_choices.append(index)
         return self.generators[index]._generate_one(image, generator, source)
@@ -993,6 +929,49 @@ class MixedDefect(DefectGenerator):
         """See :meth:`DefectGenerator.forward`; the chosen generator indices are stored in ``last_choices``."""
         self.last_choices = []
         return super().forward(image, generator)
+
+
+def defect_generator(name: str, seed: int) -> DefectGenerator:
+    """Generator of a named defect kind (names are the test/<defect> folder names of the embedded benchmark)."""
+    factories = {
+        "cut_paste_color": lambda: CutPaste(mode="color", seed=seed),
+        "cut_paste_patch": lambda: CutPaste(mode="patch", seed=seed),
+        "scar": lambda: CutPasteScar(mode="mixed", seed=seed),
+        "perlin": lambda: PerlinDefect(seed=seed),
+        "hand_drawn": lambda: HandDrawnDefect(seed=seed),
+        "crack": lambda: CrackDefect(seed=seed),
+        "stain": lambda: StainDefect(seed=seed),
+        "burn": lambda: BurnDefect(seed=seed),
+        "pitting": lambda: PittingDefect(seed=seed),
+        "scratch": lambda: ScratchDefect(seed=seed),
+        "texture_swap": lambda: TextureSwapDefect(seed=seed),
+    }
+    if name not in factories:
+        msg = f"Unknown defect kind {name!r}. Known: {', '.join(factories)}."
+        raise ValueError(msg)
+    return factories[name]()
+
+
+def to_uint8(image: torch.Tensor | np.ndarray, is_mask: bool = False) -> np.ndarray:
+    """Convert a ``(C, H, W)``/``(H, W)`` float tensor in [0, 1] or an ``(H, W[, C])`` uint8 array to PIL layout."""
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 3:
+            array = array.permute(1, 2, 0)
+        if array.is_floating_point():
+            array = (array.clamp(0, 1) * 255).round()
+        array = array.to(torch.uint8).numpy()
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if is_mask:
+        array = np.where(array > 0, 255, 0).astype(np.uint8)
+        if array.ndim == 3:
+            array = array.max(-1)
+    return array
 
 
 def _extract_image(item: Any) -> torch.Tensor:

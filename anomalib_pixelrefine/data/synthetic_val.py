@@ -28,6 +28,8 @@ from anomalib.data.utils.split import random_split
 from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
 from PIL import Image
 
+from .generators import defect_generator, to_uint8
+
 __all__ = ["SYNTHETIC_VAL_DEFECTS", "SyntheticDefectValDataset", "SyntheticValFolder", "SyntheticValMVTecAD"]
 
 #: Defect kinds painted on the held-back images, in turn.
@@ -55,7 +57,7 @@ class SyntheticDefectValDataset(SyntheticAnomalyDataset):
         augmentations: The source dataset's augmentations.
         source_samples: anomalib samples of normal images (``image_path``, ``label``, ``label_index``, ...).
         dataset_name: Name used for the temporary folder.
-        defects: Defect kinds, used in turn (names of :func:`anomalib_pixelrefine.data.folder.defect_generator`).
+        defects: Defect kinds, used in turn (names of :func:`anomalib_pixelrefine.data.generators.defect_generator`).
         seed: Seed of the defects (image ``i`` gets its own generator seeded with ``(seed, i)``).
     """
 
@@ -69,7 +71,6 @@ class SyntheticDefectValDataset(SyntheticAnomalyDataset):
     ) -> None:
         # Not SyntheticAnomalyDataset.__init__: it would paint Perlin anomalies; the rest of its life cycle is kept.
         AnomalibDataset.__init__(self, augmentations=augmentations)
-        from .folder import _to_uint8, defect_generator
 
         if len(source_samples) == 0:
             msg = "The synthetic validation set needs at least one held-back normal image (raise val_split_ratio)."
@@ -90,8 +91,8 @@ class SyntheticDefectValDataset(SyntheticAnomalyDataset):
             image = read_image(path, as_tensor=True)
             defective, mask = generator(image[:3] if image.shape[0] > 3 else image)
             name = f"{index:04d}.png"
-            Image.fromarray(_to_uint8(defective)).save(self.root / "abnormal" / name)
-            Image.fromarray(_to_uint8(mask, is_mask=True)).save(self.root / "ground_truth" / name)
+            Image.fromarray(to_uint8(defective)).save(self.root / "abnormal" / name)
+            Image.fromarray(to_uint8(mask, is_mask=True)).save(self.root / "ground_truth" / name)
             rows.append(
                 {
                     "image_path": str(self.root / "abnormal" / name),
@@ -116,7 +117,6 @@ class SyntheticValidationMixin:
     """
 
     def __init__(self, *args: Any, val_defects: Sequence[str] | None = None, **kwargs: Any) -> None:
-        from .folder import defect_generator
 
         self.val_defects = list(val_defects or SYNTHETIC_VAL_DEFECTS)
         for name in self.val_defects:

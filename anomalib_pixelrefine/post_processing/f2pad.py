@@ -16,6 +16,7 @@ prior. The paper's refined anomaly map is ``||x - n||`` (channel L2, ``output="p
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalib_pixelrefine.checks import check_choice, check_number, check_widths
+from anomalib_pixelrefine.checks import check_choice, check_number, check_widths, warn_no_effect
 from anomalib_pixelrefine.models.image.pae import PaeModel, pae_input, train_pae
 
 from .base import RefiningPostProcessor, dilate, image_range, seeded_module
@@ -102,125 +103,219 @@ def scatter_crops(full: torch.Tensor, crops: torch.Tensor, offsets: torch.Tensor
     return full.flatten(2).scatter(2, flat, crops.flatten(2)).view(b, c, h, w)
 
 
+#: The paper's optimisation of the background ``n`` (eq. 8-15, Algorithm 1, the MoG prior of eq. 10) and the ROI
+#: crops it runs on: in effect only with ``max_iters > 0`` (or ``reestimate``). Keys of ``F2PAD(optimisation=...)``.
+OPTIMISATION: dict[str, Any] = {
+    "alpha1": 0.02,  # weight of the MoG pixel prior (eq. 10), per optimised pixel
+    "alpha2": 0.02,  # weight of the TV prior (eq. 11), per optimised pixel
+    "beta0": 1.0,  # sparsity weight, beta = beta0 / |m0| (eq. 8 with the paper's size normalisation)
+    "n_components": 5,  # MoG components (EM on training pixels)
+    "prior_pixels": 20000,  # training pixels sampled to fit the MoG prior
+    "log_eps": 1e-4,  # epsilon of the LOG penalty (paper: 1e-4)
+    "lr": 0.01,  # base step, times the adaptive step min(gamma0 / |x - n|, gamma_max)
+    "gamma0": 1.0,  # gamma0 of eq. 15 (paper: 1.0)
+    "gamma_max": 5.0,  # cap of the adaptive step factor (gamma0 / |a| diverges at a = 0)
+    "adaptive_step": True,  # eq. 15 (False: constant lr, the plain-Adan ablation)
+    "gradient_sharing": True,  # eq. 13-14 (False: the plain-Adan ablation)
+    "ks": 2,  # neighbourhood radius of gradient sharing (paper: 5; weights beyond ~3 px vanish for sigma0 = 1.1)
+    "sigma0": 1.1,  # spatial bandwidth of eq. 14
+    "sigma1": 0.3,  # colour bandwidth of eq. 14 (pixels in [0, 1])
+    "clip": 0.03,  # element-wise clipping of the shared gradient (paper: 0.03)
+    "range_weight": 100.0,  # weight of the [0, 1] pixel range penalty
+    "tol": 1e-3,  # stop an image when its objective fell by less than tol (relative) over check_every steps
+    "check_every": 10,  # stopping-rule window
+    "num_candidates": 50,  # PatchCore |M_ij| (paper: 50)
+    "roi_local": True,  # optimise/score crops around the ROI (False: the full image, the speed-up comparison)
+    "context": 16,  # extra pixels around the ROI in the crops (receptive-field context of the features)
+    "crop_align": 32,  # crop corners are multiples of this (the host's largest feature stride) when the image size is
+    "reestimate": False,  # re-estimate n with beta = 0 inside the final mask (last_info["background"])
+    "reestimate_iters": 50,  # iterations of the re-estimation
+}
+#: ``init="exemplar"``: training images kept, best windows (from different images) combined per pixel.
+EXEMPLAR: dict[str, Any] = {"images": 16, "windows": 5}
+#: ``init="pae"``: the PAE deep prior trained on the training images.
+PAE_PRIOR: dict[str, Any] = {"epochs": 20, "channels": [32, 64]}
+# Section argument -> {section key: attribute}. The attributes (and checkpoints' ``checkpoint_config``) stay flat.
+_SECTIONS: dict[str, dict[str, str]] = {
+    "optimisation": {key: key for key in OPTIMISATION},
+    "exemplar": {"images": "num_exemplars", "windows": "exemplar_windows"},
+    "pae_prior": {"epochs": "pae_epochs", "channels": "pae_channels"},
+}
+_SECTION_DEFAULTS = {"optimisation": OPTIMISATION, "exemplar": EXEMPLAR, "pae_prior": PAE_PRIOR}
+
+
+def flat_options(
+    alpha1: float | None = None,
+    alpha2: float | None = None,
+    beta0: float | None = None,
+    n_components: int | None = None,
+    log_eps: float | None = None,
+    lr: float | None = None,
+    gamma0: float | None = None,
+    gamma_max: float | None = None,
+    adaptive_step: bool | None = None,
+    gradient_sharing: bool | None = None,
+    ks: int | None = None,
+    sigma0: float | None = None,
+    sigma1: float | None = None,
+    clip: float | None = None,
+    range_weight: float | None = None,
+    tol: float | None = None,
+    check_every: int | None = None,
+    roi_local: bool | None = None,
+    context: int | None = None,
+    num_candidates: int | None = None,
+    num_exemplars: int | None = None,
+    exemplar_windows: int | None = None,
+    reestimate: bool | None = None,
+    reestimate_iters: int | None = None,
+    pae_epochs: int | None = None,
+    pae_channels: list[int] | None = None,
+    prior_pixels: int | None = None,
+    crop_align: int | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """The flat option keywords of earlier F2PAD versions that were given (their checkpoints record them).
+
+    ``F2PAD(**kwargs)`` passes its ``**kwargs`` here and to its base class, so jsonargparse (Lightning's checkpoint
+    instantiator, the CLI) accepts these keywords; F2PAD reads them into their section with a ``FutureWarning``.
+    """
+    given = dict(locals())
+    del given["_"]
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _resolve_sections(
+    given: dict[str, dict[str, Any] | None], flat: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Flat attribute values from the section arguments and the flat keywords of earlier versions.
+
+    Returns:
+        ``(attribute -> value for every option, section -> the keys the caller set)``.
+    """
+    values, set_keys = {}, {}
+    for section, keys in _SECTIONS.items():
+        options = given[section] or {}
+        if not isinstance(options, dict):
+            msg = f"F2PAD: {section} must be a dict of {', '.join(keys)}, got {options!r}."
+            raise ValueError(msg)
+        unknown = sorted(set(options) - set(keys))
+        if unknown:
+            msg = f"F2PAD: unknown {section} key(s) {', '.join(unknown)}; known: {', '.join(keys)}."
+            raise ValueError(msg)
+        options = dict(options)
+        for key, attribute in keys.items():
+            if attribute in flat:  # flat keyword of an earlier version (e.g. a checkpoint's hyper-parameters)
+                if key in options:
+                    msg = f"F2PAD: {attribute} given both flat and in {section}; give it once, in {section}."
+                    raise ValueError(msg)
+                options[key] = flat[attribute]
+        set_keys[section] = options
+        values |= {attribute: options.get(key, _SECTION_DEFAULTS[section][key]) for key, attribute in keys.items()}
+    return values, set_keys
+
+
 class F2PAD(RefiningPostProcessor):
     """F2PAD refining post-processor for feature-based hosts (PatchCore, PaDiM, CFLOW, ... see ``scorers``).
 
+    The default refines with the exemplar background alone: ``F2PAD()``. The paper's method is
+    ``F2PAD(init="inpaint", max_iters=100)``; its settings go in ``optimisation`` (keys and defaults:
+    :data:`OPTIMISATION`). A section whose mode is off (``optimisation`` with ``max_iters=0``, ``exemplar`` without
+    ``init="exemplar"``, ``pae_prior`` without ``init="pae"``) warns once (:class:`NoEffectWarning`) when set.
+
     Args:
-        alpha1: Weight of the MoG pixel prior (eq. 10), per optimised pixel.
-        alpha2: Weight of the TV prior (eq. 11), per optimised pixel.
-        beta0: Sparsity weight; ``β = β0 / |m0|`` (eq. 8 with the paper's size normalisation).
-        n_components: MoG components (fitted on training pixels with EM).
-        log_eps: ``ε`` of the LOG penalty (paper: 1e-4).
-        lr: Base step multiplied by the adaptive step ``min(γ0 / |x - n|, gamma_max)``.
-        gamma0: ``γ0`` of eq. 15 (paper: 1.0).
-        gamma_max: Cap of the adaptive step factor (``γ0/|a|`` diverges at ``a = 0``).
-        adaptive_step: Use eq. 15 (``False``: constant ``lr``, plain Adan ablation).
-        gradient_sharing: Use eq. 13–14 (``False``: plain Adan ablation).
-        ks: Neighbourhood radius of gradient sharing (paper: 5; weights beyond ~3 px vanish for ``σ0 = 1.1``).
-        sigma0: Spatial bandwidth of eq. 14.
-        sigma1: Colour bandwidth of eq. 14 (pixels in ``[0, 1]``).
-        clip: Element-wise clipping of the shared gradient (paper: 0.03).
-        range_weight: Weight of the ``[0, 1]`` pixel range penalty.
-        max_iters: Maximum iterations (paper: 1200 on a GPU). Default 0: the refined background is ``n0`` itself;
-            on the realistic benchmark (11 defect kinds, pretrained hosts, deployed threshold) the optimisation did
-            not improve on the exemplar ``n0`` and cost 40-70x the time; on the paper's high-contrast cut-paste
-            defects ``init="inpaint", max_iters=50`` gains +0.03 Dice over PatchCore, −0.01 over PaDiM (profile
-            ``f2pad``).
-        tol: Stop an image when its objective decreased by less than ``tol`` (relative) over ``check_every`` steps.
-        check_every: Stopping-rule window.
-        roi_local: Optimise/score crops around the ROI (``False``: the full image — for the speed-up comparison).
-        context: Extra pixels around the ROI in the crops (receptive-field context for the features).
-        num_candidates: PatchCore ``|M_ij|`` (paper: 50).
-        init: ``"inpaint"`` (OpenCV Telea), ``"exemplar"`` (best-matching window of stored training images,
-            :func:`~anomalib_pixelrefine.post_processing.optim.exemplar_fill`), ``"pae"`` (PAE deep prior trained on
-            the training images) or ``"image"``.
-        num_exemplars: Training images kept for ``init="exemplar"``.
-        exemplar_windows: Best windows (from different stored images) combined per pixel by ``init="exemplar"``:
-            each pixel takes the window closest to the image, so only pixels no normal window explains stand out
-            (chosen on the validation split of the realistic benchmark: 1 -> 5 windows raised deployed Dice
-            0.569 -> 0.625, mean of 4 host/set pairs).
-        reestimate: Re-estimate ``n`` with ``β = 0`` inside the final mask (stored in ``last_info["background"]``).
-        reestimate_iters: Iterations of the re-estimation.
-        pae_epochs: PAE training epochs when ``init="pae"``.
-        pae_channels: PAE encoder widths when ``init="pae"``.
-        prior_pixels: Training pixels sampled to fit the MoG prior.
-        crop_align: ROI crop corners are multiples of this (the host's largest feature stride) when the image
-            size is; keeps the crop's feature grid aligned with the full image's.
-        **kwargs: :class:`RefiningPostProcessor` / anomalib ``PostProcessor`` arguments.
+        init: ``n0``: ``"exemplar"`` (best-matching windows of stored training images,
+            :func:`~anomalib_pixelrefine.post_processing.optim.exemplar_fill`), ``"inpaint"`` (OpenCV Telea), ``"pae"``
+            (PAE deep prior trained on the training images) or ``"image"``.
+        max_iters: Iterations of the paper's optimisation (paper: 1200 on a GPU). Default 0: the refined background
+            is ``n0`` itself; on the realistic benchmark (11 defect kinds, pretrained hosts, deployed threshold) the
+            optimisation did not improve on the exemplar ``n0`` and cost 40-70x the time; on the paper's
+            high-contrast cut-paste defects ``init="inpaint", max_iters=50`` gains over PatchCore (profile ``f2pad``).
+        optimisation: Overrides of :data:`OPTIMISATION` (the objective's weights, the Adan steps, gradient sharing,
+            stopping, the ROI crops, the re-estimation).
+        exemplar: Overrides of :data:`EXEMPLAR`: ``images`` kept, ``windows`` combined per pixel (each pixel takes
+            the window closest to the image; chosen on the validation split of the realistic benchmark: 1 -> 5
+            windows raised deployed Dice 0.569 -> 0.625, mean of 4 host/set pairs).
+        pae_prior: Overrides of :data:`PAE_PRIOR`: PAE training ``epochs`` and encoder ``channels``.
+        **kwargs: :class:`RefiningPostProcessor` / anomalib ``PostProcessor`` arguments. The flat option keywords
+            of earlier versions (``alpha1=...``, ``num_exemplars=...``, e.g. in their checkpoints) are read into
+            their section with a ``FutureWarning``.
     """
 
     def __init__(
         self,
-        alpha1: float = 0.02,
-        alpha2: float = 0.02,
-        beta0: float = 1.0,
-        n_components: int = 5,
-        log_eps: float = 1e-4,
-        lr: float = 0.01,
-        gamma0: float = 1.0,
-        gamma_max: float = 5.0,
-        adaptive_step: bool = True,
-        gradient_sharing: bool = True,
-        ks: int = 2,
-        sigma0: float = 1.1,
-        sigma1: float = 0.3,
-        clip: float = 0.03,
-        range_weight: float = 100.0,
-        max_iters: int = 0,
-        tol: float = 1e-3,
-        check_every: int = 10,
-        roi_local: bool = True,
-        context: int = 16,
-        num_candidates: int = 50,
         init: str = "exemplar",
-        num_exemplars: int = 16,
-        exemplar_windows: int = 5,
-        reestimate: bool = False,
-        reestimate_iters: int = 50,
-        pae_epochs: int = 20,
-        pae_channels: list[int] | tuple[int, ...] = (32, 64),
-        prior_pixels: int = 20000,
-        crop_align: int = 32,
+        max_iters: int = 0,
+        optimisation: dict[str, Any] | None = None,
+        exemplar: dict[str, Any] | None = None,
+        pae_prior: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        flat = flat_options(**kwargs)  # earlier versions' flat keywords (their checkpoints)
+        for key in flat:
+            del kwargs[key]
         super().__init__(**kwargs)
         owner = type(self).__name__
+        if flat:
+            msg = f"{owner}: flat keyword(s) {', '.join(sorted(flat))} read into their section (optimisation, "
+            msg += "exemplar, pae_prior); pass them there."
+            warnings.warn(msg, FutureWarning, stacklevel=2)
+        given = {"optimisation": optimisation, "exemplar": exemplar, "pae_prior": pae_prior}
+        values, set_keys = _resolve_sections(given, flat)
         check_choice(owner, "init", init, INIT_MODES)
-        positive = {"log_eps": log_eps, "lr": lr, "gamma0": gamma0, "gamma_max": gamma_max, "sigma0": sigma0}
-        positive |= {"sigma1": sigma1, "clip": clip}
-        for name, value in positive.items():
-            check_number(owner, name, value, 0, low_open=True)
-        for name, value in {"alpha1": alpha1, "alpha2": alpha2, "beta0": beta0, "range_weight": range_weight}.items():
-            check_number(owner, name, value, 0)
-        check_number(owner, "tol", tol, 0)
-        integers = {"n_components": (n_components, 1), "ks": (ks, 0), "max_iters": (max_iters, 0)}
-        integers |= {"check_every": (check_every, 1), "context": (context, 0)}
-        integers |= {"num_candidates": (num_candidates, 1), "reestimate_iters": (reestimate_iters, 0)}
-        integers |= {"num_exemplars": (num_exemplars, 1), "exemplar_windows": (exemplar_windows, 1)}
-        integers |= {"pae_epochs": (pae_epochs, 0), "prior_pixels": (prior_pixels, 1), "crop_align": (crop_align, 1)}
-        check_widths(owner, "pae_channels", pae_channels)
-        for name, (value, low) in integers.items():
-            check_number(owner, name, value, low, integer=True)
-        self.alpha1, self.alpha2, self.beta0 = alpha1, alpha2, beta0
-        self.n_components, self.log_eps = n_components, log_eps
-        self.lr, self.gamma0, self.gamma_max, self.adaptive_step = lr, gamma0, gamma_max, adaptive_step
-        self.gradient_sharing, self.ks, self.sigma0, self.sigma1 = gradient_sharing, ks, sigma0, sigma1
-        self.clip, self.range_weight = clip, range_weight
-        self.max_iters, self.tol, self.check_every = max_iters, tol, check_every
-        self.roi_local, self.context = roi_local, context
-        self.num_candidates, self.init, self.num_exemplars = num_candidates, init, num_exemplars
-        self.exemplar_windows = exemplar_windows
-        self.reestimate, self.reestimate_iters, self.pae_epochs = reestimate, reestimate_iters, pae_epochs
-        self.pae_channels = [int(c) for c in pae_channels]
-        self.prior_pixels, self.crop_align = prior_pixels, crop_align
-        self.register_buffer("mog_means", torch.full((n_components, 3), 0.5))
-        self.register_buffer("mog_inv_covs", torch.eye(3).repeat(n_components, 1, 1))
+        check_number(owner, "max_iters", max_iters, 0, integer=True)
+        positive = ("log_eps", "lr", "gamma0", "gamma_max", "sigma0", "sigma1", "clip")
+        for name in positive:
+            check_number(owner, name, values[name], 0, low_open=True)
+        for name in ("alpha1", "alpha2", "beta0", "range_weight", "tol"):
+            check_number(owner, name, values[name], 0)
+        integers = {"n_components": 1, "ks": 0, "check_every": 1, "context": 0, "num_candidates": 1}
+        integers |= {"reestimate_iters": 0, "num_exemplars": 1, "exemplar_windows": 1, "pae_epochs": 0}
+        integers |= {"prior_pixels": 1, "crop_align": 1}
+        for name, low in integers.items():
+            check_number(owner, name, values[name], low, integer=True)
+        check_widths(owner, "pae_channels", values["pae_channels"])
+        values["pae_channels"] = [int(c) for c in values["pae_channels"]]
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.init, self.max_iters = init, max_iters
+        self._warn_unused_sections(set_keys)
+        self.register_buffer("mog_means", torch.full((self.n_components, 3), 0.5))
+        self.register_buffer("mog_inv_covs", torch.eye(3).repeat(self.n_components, 1, 1))
         self.mog_means: torch.Tensor
         self.mog_inv_covs: torch.Tensor
         # Training images for init="exemplar" (shape set by fit_prior; checkpoints restore any shape).
         self.register_buffer("exemplars", torch.zeros(0, 3, 1, 1))
         self.exemplars: torch.Tensor
         self.pae = self._build_pae() if init == "pae" else None
+
+    def _warn_unused_sections(self, set_keys: dict[str, dict[str, Any]]) -> None:
+        """Warn once about section options set to a non-default value in a mode that ignores them."""
+        off = {
+            "optimisation": "with max_iters=0 (no optimisation)" if self.max_iters == 0 and not self.reestimate else "",
+            "exemplar": "" if self.init == "exemplar" else f'with init="{self.init}"',
+            "pae_prior": "" if self.init == "pae" else f'with init="{self.init}"',
+        }
+        for section, reason in off.items():
+            defaults = _SECTION_DEFAULTS[section]
+            changed = [f"{section}.{key}" for key, value in set_keys[section].items() if value != defaults[key]]
+            if reason:
+                warn_no_effect(type(self).__name__, changed, reason, stacklevel=4)
+
+    @property
+    def optimisation(self) -> dict[str, Any]:
+        """The optimisation settings in effect (plain data, recorded in checkpoints)."""
+        return {key: getattr(self, attribute) for key, attribute in _SECTIONS["optimisation"].items()}
+
+    @property
+    def exemplar(self) -> dict[str, Any]:
+        """The exemplar settings in effect."""
+        return {key: getattr(self, attribute) for key, attribute in _SECTIONS["exemplar"].items()}
+
+    @property
+    def pae_prior(self) -> dict[str, Any]:
+        """The PAE-prior settings in effect."""
+        return {key: getattr(self, attribute) for key, attribute in _SECTIONS["pae_prior"].items()}
 
     _TUNABLE = (
         "alpha1", "alpha2", "beta0", "log_eps", "lr", "gamma0", "gamma_max", "adaptive_step", "gradient_sharing",

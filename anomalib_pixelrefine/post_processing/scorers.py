@@ -304,7 +304,7 @@ class PniF2padScorer(FeatureMapScorer):
     def prepare(self, x0: torch.Tensor, roi: torch.Tensor, offset: torch.Tensor, full_size: tuple[int, int]) -> None:
         """Refuse crops (position histograms), then as :class:`FeatureMapScorer`."""
         if tuple(x0.shape[-2:]) != tuple(full_size):
-            msg = "PNI position histograms need full images: use F2PAD(roi_local=False) with a Pni host."
+            msg = "PNI position histograms need full images: use F2PAD(optimisation={'roi_local': False}) on Pni."
             raise ValueError(msg)
         super().prepare(x0, roi, offset, full_size)
 

@@ -37,7 +37,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
-from anomalib_pixelrefine.checks import FiniteInputMixin, check_number
+from anomalib_pixelrefine.checks import FiniteInputMixin, check_number, non_default, warn_no_effect
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
 
 from .torch_model import FeatureEnsembleModel
@@ -129,6 +129,14 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, A
             check_number(owner, name, value, 0, low_open=True)
         for name, value in (("margin", margin), ("sigma", sigma), ("weight_decay", weight_decay)):
             check_number(owner, name, value, 0)
+        # Options of the other head (or block) do nothing: warn once when one is set to a non-default value.
+        discriminator = {"adaptor": adaptor, "hidden": hidden, "noise_std": noise_std, "margin": margin, "lr": lr}
+        discriminator |= {"adaptor_lr": adaptor_lr, "weight_decay": weight_decay, "steps_per_batch": steps_per_batch}
+        unused = non_default(FeatureEnsemble.__init__, discriminator) if head == "memory" else []
+        unused += non_default(FeatureEnsemble.__init__, {"coreset_ratio": coreset_ratio}) if head != "memory" else []
+        warn_no_effect(owner, unused, f'with head="{head}"')
+        pca = non_default(FeatureEnsemble.__init__, {"n_components": n_components}) if block == "none" else []
+        warn_no_effect(owner, pca, 'with block="none" (no PCA)')
         if any(isinstance(m, nn.Module) for m in members):
             # Live modules are not checkpoint-safe hyper-parameters: keep a placeholder naming the class.
             self.hparams["members"] = [{"module": type(m).__name__} if isinstance(m, nn.Module) else m for m in members]
@@ -261,6 +269,19 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, A
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def on_fit_start(self) -> None:
+        """Memory head: refuse a trainer that asks for more than the one epoch that builds the bank.
+
+        ``Engine`` sets ``max_epochs=1`` from :attr:`trainer_arguments` (logged by anomalib); a plain Lightning
+        ``Trainer`` does not, and a second epoch would find the collected features already spent.
+        """
+        if self.model.head == "memory" and (self.trainer.max_epochs or 1) > 1:
+            msg = (
+                f'FeatureEnsemble(head="memory") builds its memory bank in one epoch, got max_epochs='
+                f"{self.trainer.max_epochs}: use anomalib's Engine (it sets 1) or Trainer(max_epochs=1)."
+            )
+            raise ValueError(msg)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -40,7 +40,15 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
-from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_number, check_seed, check_widths
+from anomalib_pixelrefine.checks import (
+    FiniteInputMixin,
+    check_choice,
+    check_number,
+    check_seed,
+    check_widths,
+    non_default,
+    warn_no_effect,
+)
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
 from anomalib_pixelrefine.data.generators import PERLIN_MIN_SIZE
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
@@ -119,6 +127,20 @@ def _resize_size(pre_processor: Any) -> tuple[int, int] | None:
         if item is not None and hasattr(item, "transforms"):
             stack.extend(item.transforms)
     return None
+
+
+#: Arguments of the parts a switch turns off: the MLP of ``N`` and the refinement network ``R``.
+NEIGHBOURHOOD_ARGS = ("mlp_layers", "mlp_width", "mlp_dropout", "mlp_channels", "mlp_epochs", "mlp_batch_size")
+NEIGHBOURHOOD_ARGS += ("mlp_lr", "mlp_step_size", "mlp_gamma")
+REFINE_ARGS = ("refine_weight", "refine_channels", "refine_epochs", "refine_lr")
+
+
+def _warn_unused_parts(args: dict[str, Any]) -> None:
+    """Warn once about arguments of a part switched off (``use_neighbourhood=False``, ``refine=False``)."""
+    for switch, names in (("use_neighbourhood", NEIGHBOURHOOD_ARGS), ("refine", REFINE_ARGS)):
+        if not args[switch]:
+            changed = non_default(Pni.__init__, {name: args[name] for name in names})
+            warn_no_effect("Pni", changed, f"with {switch}=False", stacklevel=4)
 
 
 class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, AnomalibModule):
@@ -212,6 +234,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, Anom
             visualizer=visualizer,
         )
         _check_arguments(locals())
+        _warn_unused_parts(locals())
         names = [backbone] if backbones is None else list(backbones)
         if weights_path is None:  # offline: the installed backbone or one line (before any hub retry)
             resolved = [resolve_backbone(name, layers, pre_trained, "Pni") for name in names]

@@ -187,7 +187,7 @@ class PniScorer(DynamicBufferMixin):
         border: Width (in patches) of the outer ring whose N/P scores are replaced by their inner neighbours'
             (edge padding). The public PNI code uses 1 (there the 3x3 feature pooling and the MLP window see zero
             padding and the position histograms get fewer votes); the paper does not mention it and the default 0
-            keeps the border (measured trade-off: benchmarks/results/pni.md). Never applied to the plain
+            keeps the border (measured trade-off: benchmarks/results/pni.md in git history). Never applied to the plain
             nearest-neighbour score (N and P off), which stays PatchCore's.
         combine: How N and P are joined when both are on. ``"probability"`` (default, the paper's eq. 6):
             ``p(c | Omega) = (p(c | N) + p(c | x)) / 2`` is thresholded once, so a class one term supports strongly
