@@ -208,7 +208,8 @@ def test_pni_refuses_images_too_small_for_its_perlin_defects(tmp_path: Path) -> 
     from anomalib_pixelrefine.data import PerlinDefect, default_datamodule
     from anomalib_pixelrefine.models import Pni
 
-    tiny = {"backbone": "resnet18", "pre_trained": False, "mlp_epochs": 1, "refine_epochs": 1, "window": 3}
+    tiny = {"backbone": "resnet18", "pre_trained": False, "mlp_epochs": 1, "refine": True, "refine_epochs": 1}
+    tiny |= {"window": 3}
     tiny |= {"distribution_size": 16, "mlp_layers": 2, "mlp_width": 16, "mlp_channels": 8, "mlp_batch_size": 32}
     with pytest.raises(ValueError, match="image too small") as info:
         Pni(**tiny, pre_processor=Pni.configure_pre_processor((16, 16)))

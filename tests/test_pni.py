@@ -28,6 +28,7 @@ TINY = {
     "mlp_channels": 16,
     "mlp_epochs": 1,
     "mlp_batch_size": 64,
+    "refine": True,  # the full model (the class default is the CPU setting without R)
     "refine_epochs": 1,
     "refine_channels": [8, 16],
 }

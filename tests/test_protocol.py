@@ -58,6 +58,7 @@ def _pni() -> AnomalibModule:
         mlp_channels=16,
         mlp_epochs=1,
         mlp_batch_size=64,
+        refine=True,  # the whole model, R included, through export
         refine_epochs=1,
         refine_channels=[4, 8, 16],
         pre_processor=Pni.configure_pre_processor(SIZE),

@@ -84,6 +84,11 @@ def _check_arguments(args: dict[str, Any]) -> None:
     check_seed("Pni", args["seed"])
 
 
+def default_layers(backbone: str) -> list[str]:
+    """Feature layers at strides 8 and 16: ``blocks.2``/``blocks.4`` for EfficientNets, ``layer2``/``layer3`` else."""
+    return ["blocks.2", "blocks.4"] if "efficientnet" in backbone else ["layer2", "layer3"]
+
+
 def min_image_size(refine: bool, sigma: float) -> int:
     """Smallest image side Pni can train on (measured: 17 px with the default ``sigma=4``, also 17 px for ``refine``).
 
@@ -154,7 +159,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, Anom
     Args:
         backbone: timm backbone (the paper uses WideResNet101; PatchCore's ``wide_resnet50_2`` is common on GPUs).
         backbones: Several backbones for the score-level ensemble; overrides ``backbone`` when given.
-        layers: Feature layers.
+        layers: Feature layers; ``None``: the backbone's layers at strides 8 and 16 (:func:`default_layers`).
         pre_trained: Load ImageNet weights through timm.
         weights_path: Local weights file for the backbone (single backbone only); overrides ``pre_trained``.
         coreset_ratio: Embedding-coreset fraction of all training patches (paper: 0.01).
@@ -195,7 +200,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, Anom
         self,
         backbone: str = "tf_efficientnet_lite0",
         backbones: Sequence[str] | None = None,
-        layers: Sequence[str] = ("blocks.2", "blocks.4"),
+        layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         weights_path: str | None = None,
         coreset_ratio: float = 0.1,
@@ -236,6 +241,7 @@ class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, Anom
         _check_arguments(locals())
         _warn_unused_parts(locals())
         names = [backbone] if backbones is None else list(backbones)
+        layers = default_layers(names[0]) if layers is None else list(layers)
         if weights_path is None:  # offline: the installed backbone or one line (before any hub retry)
             resolved = [resolve_backbone(name, layers, pre_trained, "Pni") for name in names]
             names, layers = [name for name, _ in resolved], resolved[0][1]
