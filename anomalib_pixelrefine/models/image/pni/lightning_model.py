@@ -44,6 +44,7 @@ from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_nu
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
 from anomalib_pixelrefine.data.generators import PERLIN_MIN_SIZE
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+from anomalib_pixelrefine.models.components.decision import DecisionModelMixin
 from anomalib_pixelrefine.models.components.fitting import FitBeforeValidationMixin
 from anomalib_pixelrefine.seeding import seeded_module
 
@@ -120,7 +121,7 @@ def _resize_size(pre_processor: Any) -> tuple[int, int] | None:
     return None
 
 
-class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, AnomalibModule):
+class Pni(DecisionModelMixin, CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, AnomalibModule):
     """PNI (position and neighbourhood information + pixelwise refinement), one-class.
 
     Args:

@@ -1,0 +1,160 @@
+"""The decision rule (label = mask non-empty, no mask below the image threshold) and the false-alarm budget.
+
+Every path a user meets: ``Engine.test``, ``Engine.predict``, the module's ``forward`` and ``TorchInferencer`` on a
+torch export, for this package's models (default ``DecisionPostProcessor``) and a refiner; budgets set on the
+held-back normal images of the synthetic validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib.deploy import ExportType, TorchInferencer
+from anomalib.engine import Engine
+from anomalib.models import Patchcore
+
+from anomalib_pixelrefine.cli import translate_post_processor_args
+from anomalib_pixelrefine.data import default_datamodule
+from anomalib_pixelrefine.models import Pae
+from anomalib_pixelrefine.post_processing import F2PAD, DecisionPostProcessor
+from anomalib_pixelrefine.post_processing.decision import agree, area_threshold, false_alarm_threshold
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_false_alarm_threshold_flags_at_most_the_budget() -> None:
+    scores = torch.randperm(200).float()
+    for rate in (0.0, 0.01, 0.05, 0.1, 0.333):
+        threshold = false_alarm_threshold(scores, rate)
+        assert int((scores > threshold).sum()) == int(rate * 200 + 1e-9)
+    assert false_alarm_threshold(scores, 0.0) == scores.max()
+
+
+def test_too_few_normal_images_warn_and_give_their_maximum(caplog: pytest.LogCaptureFixture) -> None:
+    scores = torch.tensor([0.1, 0.5, 0.3])
+    with caplog.at_level(logging.WARNING):
+        assert false_alarm_threshold(scores, 0.05) == 0.5
+    assert "only 3 held-back normal images for max_false_alarm_rate=0.05 (at least 20 needed)" in caplog.text
+    with pytest.raises(ValueError, match="no held-back normal image score"):
+        false_alarm_threshold(torch.tensor([float("nan")]), 0.05)
+    with pytest.raises(ValueError, match="max_false_alarm_rate"):
+        DecisionPostProcessor(max_false_alarm_rate=1.5)
+
+
+def test_area_threshold_keeps_the_mean_area_under_the_budget() -> None:
+    maps = torch.rand(4, 32, 32)
+    maps[2:] = -torch.inf  # images below the image threshold never count
+    threshold = area_threshold(maps, 0.01)
+    assert (maps > threshold).float().mean() <= 0.01
+    assert (maps >= threshold).float().mean() > 0.01 - 1 / maps.numel()
+
+
+def test_area_budget_raises_the_pixel_threshold_on_normal_images_above_the_gate() -> None:
+    post = DecisionPostProcessor(max_false_alarm_rate=0.5, max_false_alarm_area=0.01)
+    post._pixel_threshold.fill_(0.2)  # as calibrated by anomalib's F1 on validation
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(8, 1, 16, 16, generator=generator)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    scores = maps.flatten(1).amax(1)
+    post.collect_normals(SimpleNamespace(gt_label=labels, pred_score=scores, anomaly_map=maps))
+    post.apply_budget()
+    normal = scores[:6]
+    assert int((normal > post._image_threshold).sum()) == 3  # half of the six normal images
+    above = maps[:6][normal > post._image_threshold]
+    assert (above > post._pixel_threshold).sum() / (6 * 16 * 16) <= 0.01
+    assert float(post._pixel_threshold) > 0.2
+
+
+def test_agree_clears_masks_below_the_image_threshold_and_labels_by_the_mask() -> None:
+    mask = torch.zeros(3, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 1, 1] = mask[1, 0, 2, 2] = True
+    label, gated = agree(torch.tensor([True, False, True]), mask)
+    assert label.tolist() == [True, False, False]
+    assert gated[0].any()
+    assert not gated[1].any()
+    assert not gated[2].any()
+
+
+def test_cli_reaches_the_budget() -> None:
+    args = ["fit", "--model", "Pae", "--post_processor", "decision", "--post_processor.max_false_alarm_rate", "0.01"]
+    out = translate_post_processor_args(args)
+    assert out[-4:] == [
+        "--model.post_processor",
+        "anomalib_pixelrefine.post_processing.DecisionPostProcessor",
+        "--model.post_processor.init_args.max_false_alarm_rate",
+        "0.01",
+    ]
+
+
+def _check_rule(pred_label: torch.Tensor, pred_mask: torch.Tensor, pred_score: torch.Tensor) -> None:
+    """Label = mask non-empty; no mask pixel on an image at or below the (normalised) image threshold."""
+    assert pred_label is not None
+    assert pred_mask is not None
+    nonempty = pred_mask.reshape(len(pred_mask), -1).any(1)
+    assert torch.equal(pred_label.reshape(-1).bool(), nonempty)
+    assert not nonempty[pred_score.reshape(-1) <= 0.5].any()
+
+
+def _export_and_infer(engine: Engine, model: object, root: Path, images: torch.Tensor) -> None:
+    path = engine.export(model=model, export_type=ExportType.TORCH, export_root=root)
+    result = TorchInferencer(path=path, device="cpu").predict(images)
+    _check_rule(result.pred_label, result.pred_mask, result.pred_score)
+
+
+@pytest.fixture(scope="module")
+def datamodule(tiny_mvtec_path: Path) -> object:
+    return default_datamodule(tiny_mvtec_path, train_batch_size=4, eval_batch_size=4, seed=0, val_split_ratio=0.5)
+
+
+def _run_paths(model: object, datamodule: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # our own pickled export
+    torch.manual_seed(0)
+    engine = Engine(logger=False, default_root_dir=tmp_path, max_epochs=1, devices=1, accelerator="cpu")
+    engine.fit(model=model, datamodule=datamodule)
+    post = model.post_processor
+    normal = post.val_normal_scores
+    assert normal is not None
+    assert len(normal) == 4
+    assert float(post._image_threshold) == float(normal.max())  # 4 < 1/0.05 images: their maximum
+    assert (normal > post._image_threshold).float().mean() <= post.max_false_alarm_rate
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)
+    assert results
+    batches = engine.predict(model=model, datamodule=datamodule)
+    labels = []
+    for batch in batches:
+        _check_rule(batch.pred_label, batch.pred_mask, batch.pred_score)
+        labels += batch.pred_label.tolist()
+    images = torch.stack([datamodule.test_data[i].image for i in range(len(datamodule.test_data))])
+    model.eval()
+    out = model(images)
+    _check_rule(out.pred_label, out.pred_mask, out.pred_score)
+    assert out.pred_label.tolist() == labels  # forward and Engine.predict decide alike
+    _export_and_infer(engine, model, tmp_path / "export", images)
+    return model
+
+
+def test_default_post_processor_of_our_models_decides_on_every_path(
+    datamodule: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Pae(channels=[8, 16], coreset_sampling_ratio=0.5, decomposition_steps=2)
+    assert isinstance(model.post_processor, DecisionPostProcessor)
+    _run_paths(model, datamodule, tmp_path, monkeypatch)
+
+
+def test_refiner_decides_on_every_path_and_seeds_only_above_the_image_threshold(
+    datamodule: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Patchcore(
+        backbone="resnet18",
+        layers=["layer2", "layer3"],
+        pre_trained=False,
+        coreset_sampling_ratio=0.5,
+        pre_processor=Patchcore.configure_pre_processor((64, 64)),
+        post_processor=F2PAD(max_iters=0),
+    )
+    _run_paths(model, datamodule, tmp_path, monkeypatch)
+
