@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
 from anomalib.models import Patchcore
 
+from anomalib_pixelrefine.benchmark import run_benchmark
 from anomalib_pixelrefine.cli import translate_post_processor_args
 from anomalib_pixelrefine.data import default_datamodule
 from anomalib_pixelrefine.models import Pae
@@ -158,3 +160,51 @@ def test_refiner_decides_on_every_path_and_seeds_only_above_the_image_threshold(
     )
     _run_paths(model, datamodule, tmp_path, monkeypatch)
 
+
+def test_benchmark_operating_points_come_from_one_test_pass_and_match_the_deployed_masks(tmp_path: Path) -> None:
+    padim = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"], "n_features": 16}
+    data = {
+        "class_path": "default",
+        "init_args": {
+            "category": "gravel",
+            "root": str(tmp_path / "data"),
+            "image_size": 32,
+            "n_train": 16,
+            "n_test_good": 6,
+            "n_test_defect": 2,
+            "defects": ["cut_paste_color", "scratch"],
+        },
+    }
+    config = {
+        "isolation": "none",
+        "output_dir": str(tmp_path / "out"),
+        "image_size": 32,
+        "qualitative_samples": 0,
+        "print_table": False,
+        "benchmark": {
+            "seed": 0,
+            "model": {"class_path": "Padim", "init_args": padim},
+            "post_processor": {"grid": ["default", {"class_path": "f2pad", "init_args": {"max_iters": 0}}]},
+            "data": data,
+        },
+    }
+    frame = run_benchmark(config)
+    assert list(frame["status"]) == ["ok", "ok"], list(frame["reason"])
+    per_image = pd.read_csv(tmp_path / "out" / "per_image.csv")
+    for _, row in frame.iterrows():
+        thresholds = [row[f"op_threshold_{name}"] for name in ("0pct", "1pct", "5pct", "10pct")]
+        assert thresholds == sorted(thresholds, reverse=True)  # a looser budget, a lower threshold
+        flagged = [row[f"op_flagged_{name}"] for name in ("0pct", "1pct", "5pct", "10pct")]
+        assert flagged == sorted(flagged)
+        images = per_image[per_image["job_id"] == row["job_id"]]
+        good = images[images["gt_label"] == 0]
+        if row["post_processor"] == "f2pad":
+            # The deployed refiner (default budget 5 %) gives exactly the 5 % operating point of the one test pass.
+            assert row["op_dice_5pct"] == pytest.approx(row["mean_image_dice"], abs=1e-6)
+            assert row["op_flagged_5pct"] == pytest.approx(float((good["pred_area_fraction"] > 0).mean()), abs=1e-6)
+            below = images[images["raw_score"] <= row["op_threshold_5pct"]]
+            assert (below["pred_area_fraction"] == 0).all()  # no mask below the image threshold
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| Padim | f2pad | synthetic | gravel |" in markdown
+    assert "0pct: dice / flagged" in markdown
+    assert (tmp_path / "out" / "plots" / "operating_points.png").read_bytes()[:4] == b"\x89PNG"
