@@ -23,7 +23,12 @@ from anomalib_pixelrefine.cli import translate_post_processor_args
 from anomalib_pixelrefine.data import default_datamodule
 from anomalib_pixelrefine.models import Pae
 from anomalib_pixelrefine.post_processing import F2PAD, DecisionPostProcessor
-from anomalib_pixelrefine.post_processing.decision import agree, area_threshold, false_alarm_threshold
+from anomalib_pixelrefine.post_processing.decision import (
+    agree,
+    area_threshold,
+    budget_image_threshold,
+    false_alarm_threshold,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -121,7 +126,8 @@ def _run_paths(model: object, datamodule: object, tmp_path: Path, monkeypatch: p
     normal = post.val_normal_scores
     assert normal is not None
     assert len(normal) == 4
-    assert float(post._image_threshold) == float(normal.max())  # 4 < 1/0.05 images: their maximum
+    # 4 < 1/0.05 normal images: the budget's quantile is their maximum; the F1 threshold is kept when higher.
+    assert float(post._image_threshold) == pytest.approx(max(float(normal.max()), post.f1_image_threshold))
     assert (normal > post._image_threshold).float().mean() <= post.max_false_alarm_rate
     results = engine.test(model=model, datamodule=datamodule, verbose=False)
     assert results
@@ -208,3 +214,10 @@ def test_benchmark_operating_points_come_from_one_test_pass_and_match_the_deploy
     assert "| Padim | f2pad | synthetic | gravel |" in markdown
     assert "0pct: dice / flagged" in markdown
     assert (tmp_path / "out" / "plots" / "operating_points.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_budget_caps_the_f1_threshold_from_below_only() -> None:
+    normal = torch.arange(20).float()  # rate 0.1: threshold 17, two scores above
+    assert budget_image_threshold(normal, 0.1, f1_threshold=12.0) == 17.0  # F1 too loose: raised to the cap
+    assert budget_image_threshold(normal, 0.1, f1_threshold=18.5) == 18.5  # F1 already within the budget: kept
+    assert budget_image_threshold(normal, 0.1, f1_threshold=float("nan")) == 17.0

@@ -77,7 +77,8 @@ METRIC_COLUMNS: dict[str, tuple[str, list[str], str]] = {
     "good_fp_area": ("anomalib_pixelrefine.metrics.GoodFPArea", ["pred_mask", "gt_mask"], "pixel_"),
 }
 #: Operating points of the benchmark: false-alarm budgets (share of held-back normal validation images allowed above
-#: the image threshold) plus the synthetic-F1 image threshold. Each becomes ``op_dice_<name>`` (mean per-image Dice
+#: the image threshold: the synthetic-F1 threshold raised to their quantile, as the post-processors deploy it) plus the
+#: synthetic-F1 image threshold alone. Each becomes ``op_dice_<name>`` (mean per-image Dice
 #: over the defective test images under the decision rule) and ``op_flagged_<name>`` (share of good test images with
 #: any mask pixel), and ``op_val_recall_<name>`` (share of synthetic-defect validation images above the threshold).
 OPERATING_BUDGETS: dict[str, float | None] = {"0pct": 0.0, "1pct": 0.01, "5pct": 0.05, "10pct": 0.1, "f1": None}
@@ -514,7 +515,7 @@ class TestOutputCollector(Callback):
 
         No warning for too few normal images here (the table states the count: ``n_val_normal``).
         """
-        from anomalib_pixelrefine.post_processing.decision import false_alarm_threshold
+        from anomalib_pixelrefine.post_processing.decision import budget_image_threshold
 
         if not self.val_scores:
             return {}
@@ -523,7 +524,7 @@ class TestOutputCollector(Callback):
             return {}
         normal, out = scores[~labels], {}
         for name, rate in OPERATING_BUDGETS.items():
-            out[name] = f1_threshold if rate is None else float(false_alarm_threshold(normal, rate, warn=False))
+            out[name] = f1_threshold if rate is None else budget_image_threshold(normal, rate, f1_threshold, warn=False)
         return {name: value for name, value in out.items() if math.isfinite(value)}
 
     def operating_points(self, thresholds: dict[str, float]) -> dict[str, float]:

@@ -7,10 +7,12 @@ The rule, applied by :class:`DecisionPostProcessor` (and every refiner, which in
   threshold (no mask pixel on an image below the image threshold);
 - ``pred_label`` is True exactly when ``pred_mask`` is non-empty.
 
-The budget (``max_false_alarm_rate``) sets the image threshold to a quantile of the *normal* validation images' raw
-scores (the held-back normal originals of ``val_split_mode="synthetic"``), so that at most that share of them is
-above it; ``max_false_alarm_area`` raises the pixel threshold until the mean predicted area on those images is at
-most that fraction of the image. Without a budget the thresholds are anomalib's (F1-adaptive on validation).
+The budget (``max_false_alarm_rate``) caps the share of *normal* validation images (the held-back normal originals
+of ``val_split_mode="synthetic"``) above the image threshold: the threshold is anomalib's F1-adaptive one (calibrated
+on the synthetic defects), raised to the upper quantile of the normal images' raw scores when that is higher
+(:func:`budget_image_threshold`); ``max_false_alarm_area`` raises the pixel threshold until the mean predicted area
+on those images is at most that fraction of the image. Without a budget the thresholds are anomalib's (F1-adaptive
+on validation).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "DecisionPostProcessorMixin",
     "agree",
     "area_threshold",
+    "budget_image_threshold",
     "false_alarm_threshold",
 ]
 
@@ -79,6 +82,18 @@ def false_alarm_threshold(
         )
     k = min(math.floor(rate * n + 1e-9) + 1, n)
     return scores.topk(k).values[-1]
+
+
+def budget_image_threshold(
+    normal_scores: torch.Tensor, rate: float, f1_threshold: float, owner: str = "budget", warn: bool = True
+) -> float:
+    """Image threshold under a false-alarm budget: the F1-adaptive threshold, raised to the budget's quantile.
+
+    The budget is a cap (at most ``rate`` of the normal images above the threshold); below the cap the threshold
+    the synthetic defects call for is kept. A NaN ``f1_threshold`` (no defective validation image) gives the quantile.
+    """
+    quantile = float(false_alarm_threshold(normal_scores, rate, owner, warn=warn))
+    return quantile if math.isnan(f1_threshold) else max(quantile, float(f1_threshold))
 
 
 def area_threshold(normal_maps: torch.Tensor, budget: float) -> torch.Tensor:
@@ -160,8 +175,9 @@ class DecisionPostProcessorMixin:
             return
         self.val_normal_scores = torch.cat(scores)
         if self.max_false_alarm_rate is not None:
-            threshold = false_alarm_threshold(self.val_normal_scores, self.max_false_alarm_rate, type(self).__name__)
-            self._image_threshold.copy_(threshold)
+            rate, f1 = self.max_false_alarm_rate, self.f1_image_threshold
+            threshold = budget_image_threshold(self.val_normal_scores, rate, f1, type(self).__name__)
+            self._image_threshold.fill_(threshold)
         if self.max_false_alarm_area is not None and maps:
             flat = torch.cat(maps)
             gated = torch.where((self.val_normal_scores > self.image_threshold.cpu()).view(-1, 1), flat, -torch.inf)
