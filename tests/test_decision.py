@@ -20,7 +20,7 @@ from anomalib.models import Patchcore
 
 from anomalib_pixelrefine.benchmark import run_benchmark
 from anomalib_pixelrefine.cli import translate_post_processor_args
-from anomalib_pixelrefine.data import default_datamodule
+from anomalib_pixelrefine.data import SyntheticValMVTecAD, default_datamodule
 from anomalib_pixelrefine.models import Pae
 from anomalib_pixelrefine.post_processing import F2PAD, DecisionPostProcessor
 from anomalib_pixelrefine.post_processing.decision import (
@@ -221,3 +221,18 @@ def test_budget_caps_the_f1_threshold_from_below_only() -> None:
     assert budget_image_threshold(normal, 0.1, f1_threshold=12.0) == 17.0  # F1 too loose: raised to the cap
     assert budget_image_threshold(normal, 0.1, f1_threshold=18.5) == 18.5  # F1 already within the budget: kept
     assert budget_image_threshold(normal, 0.1, f1_threshold=float("nan")) == 17.0
+
+
+@pytest.mark.parametrize(("rate", "normal"), [(None, 2), (0.25, 4), (0.01, 4)])
+def test_datamodule_holds_back_enough_normal_images_for_the_budget(
+    tiny_mvtec_root: Path, rate: float | None, normal: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    datamodule = SyntheticValMVTecAD(
+        root=tiny_mvtec_root, category="gravel", num_workers=0, seed=0, max_false_alarm_rate=rate
+    )
+    with caplog.at_level(logging.INFO):
+        datamodule.setup()
+    samples = datamodule.val_data.samples
+    assert int((samples.label_index == 0).sum()) == normal  # 8 training images: 25 % by default, at most half
+    assert len(datamodule.train_data) == 8 - normal
+    assert ("cannot hold back 100 normal images" in caplog.text) == (rate == 0.01)
