@@ -95,6 +95,11 @@ def test_cli_reaches_the_budget() -> None:
         "--model.post_processor.init_args.max_false_alarm_rate",
         "0.01",
     ]
+    # The option alone sets the budget of the decision post-processor (any model).
+    assert (
+        translate_post_processor_args(["fit", "--model", "Padim", "--post_processor.max_false_alarm_rate", "0.01"])[-4:]
+        == out[-4:]
+    )
 
 
 def _check_rule(pred_label: torch.Tensor, pred_mask: torch.Tensor, pred_score: torch.Tensor) -> None:
