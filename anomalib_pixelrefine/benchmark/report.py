@@ -286,13 +286,23 @@ def plot_operating_points(frame: Any, path: str | Path) -> Path | None:
     axis.set_ylabel("mean per-image Dice (defective test images)")
     axis.set_ylim(0, 1)
     axis.set_xlim(left=0)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save_with_legend(plt, fig, axis, path)
+
+
+def _save(plt: Any, fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (folders created, tight layout) and close it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def _save_with_legend(plt: Any, fig: Any, axis: Any, path: str | Path) -> Path:
+    """Legend to the right of ``axis``, then :func:`_save`."""
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(plt, fig, path)
 
 
 def _pyplot() -> Any:
@@ -377,13 +387,7 @@ def plot_dice_vs_size(per_image: Any, path: str | Path) -> Path | None:
     axis.set_xlabel("defect size (defect area / image area)")
     axis.set_ylabel("mean per-image Dice (deployed threshold)")
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_with_legend(plt, fig, axis, path)
 
 
 def plot_qualitative(samples: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -422,12 +426,7 @@ def plot_qualitative(samples: Sequence[dict[str, Any]], path: str | Path, title:
             data = panel if isinstance(panel, np.ndarray) else panel.numpy()
             axis.imshow(data, cmap=None if data.ndim == 3 else ("jet" if column == 2 else "gray"))
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def _jsonable(value: Any) -> Any:
