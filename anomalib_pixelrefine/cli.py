@@ -84,7 +84,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
     """Rewrite the ``--post_processor`` alias into anomalib's ``--model.post_processor`` arguments.
 
     ``--post_processor f2pad`` becomes ``--model.post_processor <class path>`` and ``--post_processor.<opt> v``
-    becomes ``--model.post_processor.init_args.<opt> v``. Both are moved to the end of the arguments, after
+    becomes ``--model.post_processor.init_args.<opt> v`` (options without a name apply to ``decision``, e.g.
+    ``--post_processor.max_false_alarm_rate 0.01``). Both are moved to the end of the arguments, after
     ``--model``, so jsonargparse applies them to the chosen model.
 
     Args:
@@ -122,6 +123,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
         else:
             kept.append(arg)
         index += 1
+    if moved and moved[0] != "--model.post_processor":  # options alone: they apply to the decision post-processor
+        moved[:0] = ["--model.post_processor", registry.post_processor_path("decision")]
     if moved and not _MODEL_COMMANDS.intersection(kept):
         commands = sorted(_MODEL_COMMANDS)
         msg = f"--post_processor needs one of the commands {commands} (it sets the model's post-processor)."

@@ -32,6 +32,7 @@ MODELS: dict[str, str] = {
 # Post-processors (``--post_processor NAME``).
 POST_PROCESSORS: dict[str, str] = {
     "default": "anomalib.post_processing.PostProcessor",
+    "decision": "anomalib_pixelrefine.post_processing.DecisionPostProcessor",
     "f2pad": "anomalib_pixelrefine.post_processing.F2PAD",
     "paedid": "anomalib_pixelrefine.post_processing.PaedidRefiner",
 }

@@ -36,6 +36,11 @@ def test_demo_compares_host_and_refiner_at_the_deployed_threshold(tmp_path, caps
     assert f"{results['gravel/f2pad']['mean_image_dice']:.3f}" in printed
     assert "qualitative/gravel-Padim-f2pad-s0.png" in printed
     assert (tmp_path / "results" / "qualitative" / "gravel-Padim-f2pad-s0.png").is_file()
+    # The chosen operating point (default budget 5 %) is printed; the refiner's deployed masks are that point.
+    assert "Chosen operating point: false-alarm budget 5% of the" in printed
+    refined = results["gravel/f2pad"]
+    assert refined["op_dice"] == pytest.approx(refined["mean_image_dice"], abs=1e-6)
+    assert 0.0 <= refined["good_flagged"] <= 1.0
 
 
 def test_unknown_demo_model_is_named_in_the_error():

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "METRIC_COLUMNS",
+    "OPERATING_BUDGETS",
     "ComponentUnavailableError",
     "PixelRefineBenchmarkJob",
     "build_datamodule",
@@ -75,6 +76,13 @@ METRIC_COLUMNS: dict[str, tuple[str, list[str], str]] = {
     "empty_mask_rate": ("anomalib_pixelrefine.metrics.EmptyMaskRate", ["pred_mask", "gt_mask"], "pixel_"),
     "good_fp_area": ("anomalib_pixelrefine.metrics.GoodFPArea", ["pred_mask", "gt_mask"], "pixel_"),
 }
+#: Operating points of the benchmark: false-alarm budgets (share of held-back normal validation images allowed above
+#: the image threshold: the synthetic-F1 threshold raised to their quantile, as the post-processors deploy it) plus the
+#: synthetic-F1 image threshold alone. Each becomes ``op_dice_<name>`` (mean per-image Dice
+#: over the defective test images under the decision rule) and ``op_flagged_<name>`` (share of good test images with
+#: any mask pixel), and ``op_val_recall_<name>`` (share of synthetic-defect validation images above the threshold).
+OPERATING_BUDGETS: dict[str, float | None] = {"0pct": 0.0, "1pct": 0.01, "5pct": 0.05, "10pct": 0.1, "f1": None}
+
 #: Columns computed from the image labels only (image-level data sets such as ``elpv_real``).
 IMAGE_LEVEL_COLUMNS = ("image_auroc",)
 
@@ -380,6 +388,10 @@ class TestOutputCollector(Callback):
         self._start: float | None = None
         self._pending: Any = None
         self._host_maps: list[torch.Tensor | None] = []
+        self._raw_scores: torch.Tensor | None = None
+        self._post_processor: Any = None
+        self.val_scores: list[torch.Tensor] = []  # raw validation image scores and labels, last validation epoch
+        self.val_labels: list[torch.Tensor] = []
         self._final: list[tuple[torch.Tensor, torch.Tensor, str | None]] = []  # (map, mask, size bin or None)
 
     def _small(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -414,6 +426,14 @@ class TestOutputCollector(Callback):
                 pred = F.interpolate(pred, size=gt.shape[-2:], mode="nearest")
             pred = pred[:, 0] > 0.5
         stats = per_image_mask_stats(pred if pred is not None else torch.zeros_like(gt), gt)
+        # Masks before the decision rule's image gate (operating points): what the post-processor kept, else final.
+        ungated = getattr(self._post_processor, "__dict__", {}).pop("ungated_mask", None)
+        free = stats
+        if ungated is not None and len(ungated) == len(gt):
+            ungated = ungated.detach().cpu().float().reshape(len(gt), 1, *ungated.shape[-2:])
+            ungated = F.interpolate(ungated, size=gt.shape[-2:], mode="nearest")[:, 0] > 0.5
+            free = per_image_mask_stats(ungated, gt)
+        scores = self._raw_scores
         maps = getattr(batch, "anomaly_map", None)
         if maps is not None:  # final (post-processed) maps at mask size, for the per-bin oracle
             maps = maps.detach().cpu().float().reshape(len(maps), 1, *maps.shape[-2:])
@@ -430,6 +450,9 @@ class TestOutputCollector(Callback):
                 "dice": float(stats["dice"][index]) if pred is not None else math.nan,
                 "iou": float(stats["iou"][index]) if pred is not None else math.nan,
                 "pred_area_fraction": float(stats["pred_area"][index]) if pred is not None else math.nan,
+                "raw_score": float(scores[index]) if scores is not None and index < len(scores) else math.nan,
+                "ungated_dice": float(free["dice"][index]) if pred is not None else math.nan,
+                "ungated_area_fraction": float(free["pred_area"][index]) if pred is not None else math.nan,
             }
             self.per_image.append(record)
             if maps is not None and (area > 0 or label == 0):  # defective with a mask, or good
@@ -457,6 +480,9 @@ class TestOutputCollector(Callback):
         """Keep the raw host anomaly maps (and the host's own mask at its threshold) still needed for the grid."""
         del trainer, args, kwargs
         self._pending = outputs
+        self._post_processor = getattr(pl_module, "post_processor", None)
+        score = getattr(outputs, "pred_score", None)
+        self._raw_scores = None if score is None else score.detach().float().cpu().reshape(-1)
         maps = getattr(outputs, "anomaly_map", None)
         labels = getattr(outputs, "gt_label", None)
         self._host_maps = []
@@ -469,6 +495,65 @@ class TestOutputCollector(Callback):
             host_mask = None if threshold is None else self._small((maps[index] > threshold).float()) > 0.5
             self._host_maps.append((self._small(maps[index]), host_mask) if keep else None)
             needed -= int(keep)
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        """Keep the last validation epoch only."""
+        del trainer, pl_module
+        self.val_scores, self.val_labels = [], []
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
+        """Raw validation image scores and labels (before the post-processor; sanity checks excluded)."""
+        del pl_module, args, kwargs
+        score, label = getattr(outputs, "pred_score", None), getattr(outputs, "gt_label", None)
+        if trainer.sanity_checking or score is None or label is None:
+            return
+        self.val_scores.append(score.detach().float().cpu().reshape(-1))
+        self.val_labels.append(label.detach().cpu().reshape(-1).bool())
+
+    def budget_thresholds(self, f1_threshold: float) -> dict[str, float]:
+        """Raw image threshold of each :data:`OPERATING_BUDGETS` entry from the stored normal validation scores.
+
+        No warning for too few normal images here (the table states the count: ``n_val_normal``).
+        """
+        from anomalib_pixelrefine.post_processing.decision import budget_image_threshold
+
+        if not self.val_scores:
+            return {}
+        scores, labels = torch.cat(self.val_scores), torch.cat(self.val_labels)
+        if not bool((~labels).any()):
+            return {}
+        normal, out = scores[~labels], {}
+        for name, rate in OPERATING_BUDGETS.items():
+            out[name] = f1_threshold if rate is None else budget_image_threshold(normal, rate, f1_threshold, warn=False)
+        return {name: value for name, value in out.items() if math.isfinite(value)}
+
+    def operating_points(self, thresholds: dict[str, float]) -> dict[str, float]:
+        """Per budget: mean per-image Dice (defective test images) and share of good test images with a mask.
+
+        The decision rule at threshold ``t``: an image keeps its (ungated) mask when its raw score is above ``t``,
+        its mask is empty otherwise. Validation recall: share of synthetic-defect validation images above ``t``.
+        """
+        if not self.per_image or not thresholds:
+            return {}
+        score = torch.tensor([r["raw_score"] for r in self.per_image])
+        dice = torch.tensor([r["ungated_dice"] for r in self.per_image])
+        area = torch.tensor([r["ungated_area_fraction"] for r in self.per_image])
+        good = torch.tensor([r["gt_label"] == 0 for r in self.per_image])
+        defective = torch.isfinite(dice)
+        val_scores = torch.cat(self.val_scores) if self.val_scores else torch.empty(0)
+        val_defective = torch.cat(self.val_labels) if self.val_labels else torch.empty(0, dtype=torch.bool)
+        out: dict[str, float] = {"n_val_normal": int((~val_defective).sum())}
+        for name, threshold in thresholds.items():
+            kept = score > threshold
+            out[f"op_threshold_{name}"] = threshold
+            out[f"op_dice_{name}"] = (
+                float(torch.where(kept, dice, 0.0)[defective].mean()) if defective.any() else math.nan
+            )
+            flagged = kept & (area > 0)
+            out[f"op_flagged_{name}"] = float(flagged[good].float().mean()) if good.any() else math.nan
+            if val_defective.any():
+                out[f"op_val_recall_{name}"] = float((val_scores[val_defective] > threshold).float().mean())
+        return out
 
     def on_test_epoch_end(self, *args: Any, **kwargs: Any) -> None:
         """Finish the last batch."""
@@ -624,6 +709,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             start = time.perf_counter()
             engine.fit(model=model, datamodule=datamodule)
             row["train_s"] = time.perf_counter() - start
+            thresholds = self._prepare_operating_points(model, collector)
             start = time.perf_counter()
             results = engine.test(model=model, datamodule=datamodule, verbose=False)
             row["test_s"] = time.perf_counter() - start
@@ -634,6 +720,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         row["n_train"] = len(datamodule.train_data) if getattr(datamodule, "train_data", None) is not None else None
         row["n_test"] = collector.n_images
         row.update(collector.oracle_dice_by_size_bin())
+        row.update(collector.operating_points(thresholds))
         row["infer_ms_per_image"] = 1000 * collector.seconds / max(collector.n_images, 1)
         row["peak_rss_mb"] = peak_rss_mb(rss_method)
         row["rss_method"] = rss_method
@@ -649,6 +736,24 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             path = self.output_dir / "qualitative" / f"{self.job_id}.png"
             plot_qualitative(collector.samples, path, title=self.job_id)
             row["qualitative_png"] = str(path.relative_to(self.output_dir))
+
+    @staticmethod
+    def _prepare_operating_points(model: Any, collector: TestOutputCollector) -> dict[str, float]:
+        """Budget thresholds from the stored validation scores, once; a refiner seeds masks down to the loosest.
+
+        ``follow_image_decision`` seeds a mask on an image above the image threshold whose host mask is empty. With
+        the seeding threshold at the loosest budget, one test pass gives every budget's masks (an image's refinement
+        does not depend on the others); the deployed masks (gated at the job's own image threshold) are unchanged.
+        """
+        post = getattr(model, "post_processor", None)
+        f1 = getattr(post, "f1_image_threshold", math.nan)
+        if not math.isfinite(f1):  # anomalib's PostProcessor: its image threshold is the F1-adaptive one
+            value = getattr(post, "_image_threshold", None)
+            f1 = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else math.nan
+        thresholds = collector.budget_thresholds(f1)
+        if thresholds and hasattr(post, "seed_threshold"):
+            post.seed_threshold = min(thresholds.values())
+        return thresholds
 
     @staticmethod
     def collect(results: list[dict[str, Any]]) -> Any:

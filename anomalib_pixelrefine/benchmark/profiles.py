@@ -243,7 +243,8 @@ REALISTIC_PROFILE: dict[str, Any] = {
             ],
         },
         "post_processor": "default",
-        "data": _REALISTIC_DATA,
+        # 30 good test images per set: a 10 % false-alarm share is three images, not one.
+        "data": {**_REALISTIC_DATA, "init_args": {**_REALISTIC_DATA["init_args"], "n_test_good": 30}},
         "engine": {"max_epochs": 1},
     },
 }
@@ -287,6 +288,7 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
             "init_args": {
                 **_REALISTIC_DATA["init_args"],
                 "category": {"grid": ["brick", "elpv"]},
+                "n_test_good": 30,
                 "val_split_mode": "synthetic",
             },
         },
@@ -662,6 +664,22 @@ PNI_SEEDS_PROFILE: dict[str, Any] = {
 }
 
 
+#: The refiners at the default false-alarm budget (5 % of the held-back normal images above the image
+#: threshold; the decision rule gives no mask below it), with the operating-point table (0/1/5/10 %, synthetic F1) of
+#: results.md. PaDiM and PatchCore alone and with F2PAD / PAEDID, 3 seeds, the ``realistic_refiners`` data.
+REFINERS_FALSE_ALARM_BUDGET_PROFILE: dict[str, Any] = {
+    **REALISTIC_REFINERS_PROFILE,
+    "output_dir": "./results/benchmark/refiners_false_alarm_budget",
+    "qualitative_samples": 0,
+    "benchmark": {
+        **REALISTIC_REFINERS_PROFILE["benchmark"],
+        "seed": {"grid": [0, 1, 2]},
+        "model": {"grid": _REALISTIC_HOST_SPECS},
+        "post_processor": {"grid": ["default", "f2pad", "paedid"]},
+    },
+}
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": QUICK_PROFILE,
     "full": FULL_PROFILE,
@@ -680,6 +698,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "ensemble_vs_members": ENSEMBLE_VS_MEMBERS_PROFILE,
     "pni_vs_patchcore": PNI_VS_PATCHCORE_PROFILE,
     "pni_seeds": PNI_SEEDS_PROFILE,
+    "refiners_false_alarm_budget": REFINERS_FALSE_ALARM_BUDGET_PROFILE,
 }
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
@@ -720,5 +739,8 @@ PatchCore with either backbone, 3 seeds.""",
     "pni_seeds": """The Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
     "realistic_refiners_seeds": """Seeds 1-2 of `realistic_refiners`: PaDiM / PatchCore alone, with F2PAD and with one
 exemplar window.""",
+    "refiners_false_alarm_budget": """PaDiM / PatchCore alone, with F2PAD and with PAEDID at the default
+false-alarm budget (decision rule: no mask below the image threshold), operating points 0/1/5/10 %/synthetic F1, 3
+seeds, 30 good test images per set.""",
     "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone and with the F2PAD variants (brick).""",
 }

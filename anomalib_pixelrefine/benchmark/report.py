@@ -5,7 +5,8 @@ Files written by :func:`write_results` into ``output_dir``:
 * ``results.csv`` / ``results.json`` (rows + run metadata) / ``results.md`` (table per job and mean per method),
 * ``per_image.csv``: Dice/IoU and predicted area of the final mask per test image, with its defect kind, area and
   size bin; ``results.md`` also breaks the deployed-threshold masks down by defect kind and size bin,
-* ``plots/bars_<dataset>.png``, ``plots/dice_vs_size.png``, and ``qualitative/<job_id>.png`` (written by the jobs).
+* ``plots/bars_<dataset>.png``, ``plots/dice_vs_size.png``, ``plots/operating_points.png`` (deployed per-image Dice
+  vs share of good test images with a mask, per false-alarm budget) and ``qualitative/<job_id>.png`` (by the jobs).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ __all__ = [
     "TABLE_COLUMNS",
     "breakdown_tables",
     "markdown_table",
+    "operating_point_table",
     "oracle_bin_table",
     "plot_bars",
     "plot_dice_vs_size",
+    "plot_operating_points",
     "plot_qualitative",
     "write_results",
 ]
@@ -197,6 +200,111 @@ def oracle_bin_table(frame: Any) -> str:
     return f"{title}\n\n" + _table(means.rename(columns=dict(zip(columns, bins, strict=True))), [*keys, *bins])
 
 
+def _operating_points(frame: Any) -> tuple[list[str], list[str]]:
+    """Budget names present in ``op_dice_<name>`` columns (in :data:`~.job.OPERATING_BUDGETS` order), method keys."""
+    from .job import OPERATING_BUDGETS
+
+    names = [name for name in OPERATING_BUDGETS if f"op_dice_{name}" in frame.columns]
+    return names, [key for key in _METHOD if key in frame.columns]
+
+
+def operating_point_table(frame: Any) -> str:
+    """Deployed per-image Dice / share of good test images with any mask pixel, per false-alarm budget.
+
+    Rows: method and data set (mean over seeds). Each budget's image threshold is the quantile of the job's held-back
+    normal validation scores (``f1``: the synthetic-F1 threshold); the decision rule keeps an image's mask only
+    above it. Host rows (``default``) show the host's masks under the same rule.
+
+    Args:
+        frame: Result rows with ``op_dice_<budget>``/``op_flagged_<budget>`` columns.
+
+    Returns:
+        Markdown (``""`` without such columns).
+    """
+    names, keys = _operating_points(frame)
+    if not names or not keys:
+        return ""
+    done = frame[frame["status"] == "ok"] if "status" in frame.columns else frame
+    columns = [f"op_{kind}_{name}" for name in names for kind in ("dice", "flagged", "val_recall")]
+    columns = [column for column in columns if column in done.columns]
+    group = [*keys, "dataset"] if "dataset" in done.columns else keys
+    columns += ["n_val_normal"] if "n_val_normal" in done.columns else []
+    means = done.groupby(group, sort=False)[columns].mean()
+    header = [*group, *(f"{name}: dice / flagged" for name in names), "n_val_normal"]
+    lines = [
+        "Operating points (false-alarm budget on held-back normal validation images -> image threshold; per-image "
+        "Dice over defective test images / share of good test images with any mask pixel; mean over seeds):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for index, row in means.iterrows():
+        cells = [f"{_format(float(row[f'op_dice_{n}']))} / {_format(float(row[f'op_flagged_{n}']))}" for n in names]
+        cells.append(f"{float(row.get('n_val_normal', math.nan)):.0f}")
+        lines.append("| " + " | ".join(map(str, [*index, *cells])) + " |")
+    recall = [f"op_val_recall_{name}" for name in names if f"op_val_recall_{name}" in done.columns]
+    if recall:
+        overall = done.groupby(keys, sort=False)[recall].mean().reset_index()
+        overall = overall.rename(columns={f"op_val_recall_{n}": n for n in names})
+        lines += [
+            "",
+            "Validation only (the data a default may be chosen on): share of synthetic-defect validation images above "
+            "each budget's threshold, mean over data sets and seeds:",
+            "",
+            _table(overall, [*keys, *names]),
+        ]
+    return "\n".join(lines)
+
+
+def plot_operating_points(frame: Any, path: str | Path) -> Path | None:
+    """Deployed per-image Dice vs share of good test images with a mask, one line per method (budgets as points).
+
+    Args:
+        frame: Result rows with ``op_dice_<budget>``/``op_flagged_<budget>`` columns.
+        path: Output PNG.
+
+    Returns:
+        The file, or ``None`` without operating-point columns.
+    """
+    names, keys = _operating_points(frame)
+    done = frame[frame["status"] == "ok"] if "status" in frame.columns else frame
+    if not names or not keys or len(done) == 0:
+        return None
+    plt = _pyplot()
+    columns = [f"op_{kind}_{name}" for name in names for kind in ("dice", "flagged")]
+    means = done.groupby(keys, sort=False)[columns].mean()
+    fig, axis = plt.subplots(figsize=(7, 4))
+    for labels, row in means.iterrows():
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        label = labels[0] if len(labels) < 2 or labels[1] == "default" else f"{labels[0]}+{labels[1]}"
+        x = [float(row[f"op_flagged_{n}"]) for n in names]
+        y = [float(row[f"op_dice_{n}"]) for n in names]
+        (line,) = axis.plot(x, y, marker="o", label=label)
+        for name, xi, yi in zip(names, x, y, strict=True):
+            axis.annotate(name, (xi, yi), fontsize=6, color=line.get_color(), xytext=(2, 2), textcoords="offset points")
+    axis.set_xlabel("share of good test images with any mask pixel")
+    axis.set_ylabel("mean per-image Dice (defective test images)")
+    axis.set_ylim(0, 1)
+    axis.set_xlim(left=0)
+    return _save_with_legend(plt, fig, axis, path)
+
+
+def _save(plt: Any, fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (folders created, tight layout) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _save_with_legend(plt: Any, fig: Any, axis: Any, path: str | Path) -> Path:
+    """Legend to the right of ``axis``, then :func:`_save`."""
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(plt, fig, path)
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -279,13 +387,7 @@ def plot_dice_vs_size(per_image: Any, path: str | Path) -> Path | None:
     axis.set_xlabel("defect size (defect area / image area)")
     axis.set_ylabel("mean per-image Dice (deployed threshold)")
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_with_legend(plt, fig, axis, path)
 
 
 def plot_qualitative(samples: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -324,12 +426,7 @@ def plot_qualitative(samples: Sequence[dict[str, Any]], path: str | Path, title:
             data = panel if isinstance(panel, np.ndarray) else panel.numpy()
             axis.imshow(data, cmap=None if data.ndim == 3 else ("jet" if column == 2 else "gray"))
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def _jsonable(value: Any) -> Any:
@@ -365,7 +462,8 @@ def write_results(
         header += "".join(f"- {key}: `{value}`\n" for key, value in metadata.items() if key != "config")
         header += "\n"
     per_image = frame.attrs.get("per_image")
-    breakdown = "\n\n".join(part for part in (breakdown_tables(per_image), oracle_bin_table(frame)) if part)
+    parts = (operating_point_table(frame), breakdown_tables(per_image), oracle_bin_table(frame))
+    breakdown = "\n\n".join(part for part in parts if part)
     files["md"].write_text(header + markdown_table(frame) + ("\n\n" + breakdown if breakdown else "") + "\n")
     if per_image is not None and len(per_image):
         files["per_image"] = output_dir / "per_image.csv"
@@ -376,4 +474,7 @@ def write_results(
         size_plot = plot_dice_vs_size(per_image, output_dir / "plots" / "dice_vs_size.png")
         if size_plot is not None:
             files["dice_vs_size"] = size_plot
+        operating = plot_operating_points(frame, output_dir / "plots" / "operating_points.png")
+        if operating is not None:
+            files["operating_points"] = operating
     return files

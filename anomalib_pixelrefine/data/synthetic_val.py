@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from tempfile import mkdtemp
@@ -29,6 +31,8 @@ from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
 from PIL import Image
 
 from .generators import defect_generator, to_uint8
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SYNTHETIC_VAL_DEFECTS", "SyntheticDefectValDataset", "SyntheticValFolder", "SyntheticValMVTecAD"]
 
@@ -112,12 +116,24 @@ class SyntheticValidationMixin:
 
     Args:
         val_defects: Defect kinds painted on the held-back normal images (default :data:`SYNTHETIC_VAL_DEFECTS`).
+        max_false_alarm_rate: The false-alarm budget the post-processor will use (``None``: not known). The share of
+            held-back training images is raised, up to half of them, so that at least ``1 / max_false_alarm_rate``
+            normal images are held back and the budget's quantile of their scores is meaningful.
         *args: The datamodule's arguments.
         **kwargs: The datamodule's keyword arguments.
     """
 
-    def __init__(self, *args: Any, val_defects: Sequence[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        val_defects: Sequence[str] | None = None,
+        max_false_alarm_rate: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from anomalib_pixelrefine.checks import check_number
 
+        check_number(type(self).__name__, "max_false_alarm_rate", max_false_alarm_rate, 0, 1, optional=True)
+        self.max_false_alarm_rate = max_false_alarm_rate
         self.val_defects = list(val_defects or SYNTHETIC_VAL_DEFECTS)
         for name in self.val_defects:
             defect_generator(name, 0)  # one-line error for an unknown kind, before any work
@@ -128,7 +144,7 @@ class SyntheticValidationMixin:
             super()._create_val_split()  # type: ignore[misc]
             return
         # anomalib's own split of the training images (same ratio and seed as its synthetic mode).
-        self.train_data, normal_val = random_split(self.train_data, self.val_split_ratio, seed=self.seed)
+        self.train_data, normal_val = random_split(self.train_data, self._held_back_ratio(), seed=self.seed)
         seed = 0 if self.seed is None else int(self.seed)
         self.val_data = SyntheticDefectValDataset(
             normal_val.augmentations,
@@ -137,6 +153,35 @@ class SyntheticValidationMixin:
             defects=self.val_defects,
             seed=seed,
         )
+
+    def _held_back_ratio(self) -> float:
+        """``val_split_ratio``, raised (at most to 0.5) to hold back ``1 / max_false_alarm_rate`` normal images."""
+        ratio = float(self.val_split_ratio)
+        rate, total = self.max_false_alarm_rate, len(self.train_data)
+        if not rate or total == 0:
+            return ratio
+        needed = math.ceil(1 / rate)
+        if ratio * total >= needed:
+            return ratio
+        raised = min(needed / total, 0.5)
+        logger.info(
+            "%s: max_false_alarm_rate=%g needs %d held-back normal images; val_split_ratio raised %.2f -> %.2f.",
+            type(self).__name__,
+            rate,
+            needed,
+            ratio,
+            raised,
+        )
+        if raised * total < needed:
+            logger.warning(
+                "%s: %d training images cannot hold back %d normal images for max_false_alarm_rate=%g (half are kept "
+                "for training); the budget's threshold will be the maximum of the held-back scores.",
+                type(self).__name__,
+                total,
+                needed,
+                rate,
+            )
+        return max(ratio, raised)
 
 
 class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
@@ -147,6 +192,7 @@ class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
         val_split_mode: anomalib's validation mode; ``synthetic`` uses this package's defect kinds.
         val_split_ratio: Share of the training images held back for validation.
         val_defects: See :class:`SyntheticValidationMixin`.
+        max_false_alarm_rate: See :class:`SyntheticValidationMixin`.
         **kwargs: ``MVTecAD`` keyword arguments.
     """
 
@@ -156,6 +202,7 @@ class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
         val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
         val_split_ratio: float = 0.25,
         val_defects: Sequence[str] | None = None,
+        max_false_alarm_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -163,6 +210,7 @@ class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             val_defects=val_defects,
+            max_false_alarm_rate=max_false_alarm_rate,
             **kwargs,
         )
 
@@ -175,6 +223,7 @@ class SyntheticValFolder(SyntheticValidationMixin, Folder):
         val_split_mode: anomalib's validation mode; ``synthetic`` uses this package's defect kinds.
         val_split_ratio: Share of the training images held back for validation.
         val_defects: See :class:`SyntheticValidationMixin`.
+        max_false_alarm_rate: See :class:`SyntheticValidationMixin`.
         **kwargs: ``Folder`` keyword arguments.
     """
 
@@ -184,6 +233,7 @@ class SyntheticValFolder(SyntheticValidationMixin, Folder):
         val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
         val_split_ratio: float = 0.25,
         val_defects: Sequence[str] | None = None,
+        max_false_alarm_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -191,5 +241,6 @@ class SyntheticValFolder(SyntheticValidationMixin, Folder):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             val_defects=val_defects,
+            max_false_alarm_rate=max_false_alarm_rate,
             **kwargs,
         )

@@ -5,6 +5,7 @@ See ``README.md`` in this folder.
 """
 
 from .base import RefiningPostProcessor
+from .decision import DecisionPostProcessor
 from .f2pad import F2PAD
 from .paedid import PaedidRefiner
 from .scorers import (
@@ -23,6 +24,7 @@ from .scorers import (
 __all__ = [
     "F2PAD",
     "CflowScorer",
+    "DecisionPostProcessor",
     "FeatureEnsembleScorer",
     "FeatureMapScorer",
     "FeatureScorer",

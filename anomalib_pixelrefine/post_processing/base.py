@@ -40,6 +40,8 @@ from anomalib_pixelrefine.checks import check_choice, check_finite, check_number
 from anomalib_pixelrefine.models.components import is_exporting
 from anomalib_pixelrefine.seeding import seeded_module
 
+from .decision import DEFAULT_MAX_FALSE_ALARM_RATE, DecisionPostProcessorMixin
+
 __all__ = ["EXPORT_MESSAGE", "OUTPUTS", "RefiningPostProcessor", "dilate", "seeded_module"]
 
 #: Refined map units: the host's score units (default) or the method's own pixel-space map (paper).
@@ -100,7 +102,7 @@ def _wire_refiner(parent: nn.Module, name: str, submodule: nn.Module | None) -> 
         refiner.hook_host(host)
 
 
-class RefiningPostProcessor(PostProcessor):
+class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
     """anomalib ``PostProcessor`` refining the host's anomaly maps with the input images (abstract).
 
     Subclasses implement :meth:`fit_prior` (training images in ``[0, 1]``) and :meth:`refine_maps`.
@@ -127,6 +129,11 @@ class RefiningPostProcessor(PostProcessor):
         flagged_seed_ratio: See ``follow_image_decision``.
         max_train_images: Training images kept to fit the prior.
         seed: Random seed of the prior fitting.
+        max_false_alarm_rate: Share of held-back normal images allowed above the image threshold (see
+            :mod:`~anomalib_pixelrefine.post_processing.decision`; ``None``: anomalib's F1-adaptive threshold). The
+            final masks follow the decision rule: no mask pixel on an image below the image threshold, and
+            ``pred_label`` is True exactly when ``pred_mask`` is non-empty.
+        max_false_alarm_area: Mean predicted area allowed on held-back normal images (host maps; ``None``: none).
         **kwargs: anomalib ``PostProcessor`` arguments (``enable_normalization``, ``image_sensitivity``, ...).
     """
 
@@ -143,9 +150,12 @@ class RefiningPostProcessor(PostProcessor):
         flagged_seed_ratio: float = 0.9,
         max_train_images: int = 64,
         seed: int = 0,
+        max_false_alarm_rate: float | None = DEFAULT_MAX_FALSE_ALARM_RATE,
+        max_false_alarm_area: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._init_budget(max_false_alarm_rate, max_false_alarm_area)
         owner = type(self).__name__
         check_number(owner, "initial_threshold", initial_threshold, optional=True)
         check_number(owner, "mask_threshold", mask_threshold)
@@ -180,6 +190,9 @@ class RefiningPostProcessor(PostProcessor):
         self._warned_threshold = False
         self.last_info: dict[str, Any] = {}
         self.refined_images = 0  # images refined by this process (diagnostics, e.g. DDP sharding)
+        #: Raw image score above which ``follow_image_decision`` seeds masks (``None``: the image threshold). The
+        #: benchmark lowers it to its loosest budget so that every budget's masks come from one test pass.
+        self.seed_threshold: float | None = None
 
     # ------------------------------------------------------------------ config persisted in checkpoints
     def init_args(self) -> dict[str, Any]:
@@ -229,6 +242,8 @@ class RefiningPostProcessor(PostProcessor):
             "roi_dilation",
             "max_train_images",
             "seed",
+            "max_false_alarm_rate",
+            "max_false_alarm_area",
         )
 
     # ------------------------------------------------------------------ abstract
@@ -330,6 +345,7 @@ class RefiningPostProcessor(PostProcessor):
         if trainer.sanity_checking:
             return
         if self.enable_thresholding:
+            self.collect_normals(outputs)
             self._image_threshold_metric.update(outputs)
         if self.enable_normalization:
             self._image_min_max_metric.update(outputs)
@@ -366,6 +382,8 @@ class RefiningPostProcessor(PostProcessor):
                     self._pixel_min_max_metric.update(batch)
         self._val_batches = []
         super().on_validation_epoch_end(trainer, pl_module)
+        if self.enable_thresholding and not trainer.sanity_checking:
+            self.apply_budget()
 
     # ------------------------------------------------------------------ test / predict
     def on_test_batch_end(
@@ -390,8 +408,7 @@ class RefiningPostProcessor(PostProcessor):
         out = self.finalise(batch.pred_score, batch.anomaly_map)
         batch.anomaly_map, batch.pred_score = out.anomaly_map, out.pred_score
         if self.enable_thresholding:
-            batch.pred_label = out.pred_label if batch.pred_label is None else batch.pred_label
-            batch.pred_mask = out.pred_mask
+            batch.pred_label, batch.pred_mask = out.pred_label, out.pred_mask
 
     # ------------------------------------------------------------------ core
     def initial_masks(self, host_maps: torch.Tensor) -> torch.Tensor:
@@ -416,7 +433,7 @@ class RefiningPostProcessor(PostProcessor):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``m0`` and the anomalous-by-score images with an empty ``m0`` (``follow_image_decision``), or ``None``."""
         initial = self.initial_masks(host_maps)
-        threshold = self._image_threshold
+        threshold = self._image_threshold if self.seed_threshold is None else torch.tensor(float(self.seed_threshold))
         ready = self.follow_image_decision and self.output == "host" and host_scores is not None
         if not ready or torch.isnan(threshold) or torch.isnan(self.host_pixel_threshold):
             return initial, None
@@ -554,14 +571,18 @@ class RefiningPostProcessor(PostProcessor):
         return mask > 0.5
 
     def finalise(self, pred_score: torch.Tensor | None, refined: torch.Tensor | None) -> InferenceBatch:
-        """Normalise host scores and refined maps (validation statistics), threshold them."""
+        """Normalise host scores and refined maps (validation statistics), threshold them, apply the decision rule.
+
+        The rule (:func:`~anomalib_pixelrefine.post_processing.decision.agree`): no mask pixel on an image below the
+        image threshold, and ``pred_label`` is True exactly when ``pred_mask`` is non-empty.
+        """
         pred_mask = self.binarise(refined) if (refined is not None and self.enable_thresholding) else None
         base = PostProcessor.forward(self, InferenceBatch(pred_score=pred_score, anomaly_map=refined))
+        label, mask = base.pred_label, pred_mask if pred_mask is not None else base.pred_mask
+        if self.enable_thresholding:
+            label, mask = self.agree(label, mask)
         return InferenceBatch(
-            pred_score=base.pred_score,
-            pred_label=base.pred_label,
-            anomaly_map=base.anomaly_map,
-            pred_mask=pred_mask if pred_mask is not None else base.pred_mask,
+            pred_score=base.pred_score, pred_label=label, anomaly_map=base.anomaly_map, pred_mask=mask
         )
 
     def forward(self, predictions: InferenceBatch) -> InferenceBatch:
@@ -572,7 +593,7 @@ class RefiningPostProcessor(PostProcessor):
         """
         captured = self.__dict__.pop("_captured", None)
         if not self.enable_refinement:
-            return super().forward(predictions)
+            return self.finalise(predictions.pred_score, predictions.anomaly_map)
         if is_exporting():
             raise RuntimeError(EXPORT_MESSAGE.format(name=type(self).__name__))
         if captured is None:

@@ -39,6 +39,7 @@ from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_pixelrefine.checks import FiniteInputMixin, check_number, non_default, warn_no_effect
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+from anomalib_pixelrefine.models.components.decision import DecisionModelMixin
 
 from .torch_model import FeatureEnsembleModel
 
@@ -51,7 +52,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
-class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModule):
+class FeatureEnsemble(DecisionModelMixin, CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModule):
     """Feature-level ensemble anomaly model (transformation block + memory-bank or SimpleNet discriminator head).
 
     Args:
@@ -86,7 +87,8 @@ class FeatureEnsemble(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, A
         steps_per_batch: Discriminator updates per batch, each with fresh noise (features extracted once, so extra
             steps are cheap).
         pre_processor: Pre-processor (default: resize to 256x256; members normalise themselves).
-        post_processor: Post-processor (default: anomalib's ``PostProcessor``).
+        post_processor: Post-processor (default: ``DecisionPostProcessor``: anomalib's with the decision rule and the
+            default false-alarm budget).
         evaluator: Evaluator (default: image/pixel AUROC and F1).
         visualizer: Visualizer.
     """

@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_pixelrefine.checks import FiniteInputMixin, check_choice, check_number, check_seed, check_widths
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+from anomalib_pixelrefine.models.components.decision import DecisionModelMixin
 from anomalib_pixelrefine.seeding import seeded_module
 
 from .loss import PaeLoss, critic_loss, generator_adversarial_loss
@@ -65,7 +66,7 @@ def _check_arguments(args: dict[str, Any]) -> None:
     check_seed("Pae", args["seed"])
 
 
-class Pae(CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModule):
+class Pae(DecisionModelMixin, CheckpointClassMixin, FiniteInputMixin, MemoryBankMixin, AnomalibModule):
     """PAEDID: patch autoencoder + latent memory bank + deep image decomposition (one-class).
 
     Args:

@@ -52,6 +52,7 @@ from anomalib_pixelrefine.checks import (
 from anomalib_pixelrefine.data import CutPaste, CutPasteScar, HandDrawnDefect, PerlinDefect
 from anomalib_pixelrefine.data.generators import PERLIN_MIN_SIZE
 from anomalib_pixelrefine.models.components.checkpoint import CheckpointClassMixin
+from anomalib_pixelrefine.models.components.decision import DecisionModelMixin
 from anomalib_pixelrefine.models.components.fitting import FitBeforeValidationMixin
 from anomalib_pixelrefine.offline import resolve_backbone
 from anomalib_pixelrefine.seeding import seeded_module
@@ -148,7 +149,7 @@ def _warn_unused_parts(args: dict[str, Any]) -> None:
             warn_no_effect("Pni", changed, f"with {switch}=False", stacklevel=4)
 
 
-class Pni(CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, AnomalibModule):
+class Pni(DecisionModelMixin, CheckpointClassMixin, FiniteInputMixin, FitBeforeValidationMixin, AnomalibModule):
     """PNI (position and neighbourhood information + pixelwise refinement), one-class.
 
     The defaults are the CPU settings measured in the benchmark (pretrained EfficientNet-Lite0, installed offline by
