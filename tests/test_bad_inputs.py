@@ -54,17 +54,33 @@ def test_rebuild_of_our_folder_keeps_foreign_files_and_deletes_only_ours(tmp_pat
     assert sorted(p.name for p in (path / "train" / "good").iterdir()) == ["000.png", "001.png"]
 
 
-def test_folder_built_before_the_marker_is_rebuilt_only_without_foreign_files(tmp_path: Path) -> None:
-    path = build_default_benchmark(tmp_path, **TINY)["brick"]
-    (path / ".pixelrefine_files.json").unlink()  # as written by a version without the marker (manifest only)
-    build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})  # our manifest and file names: rebuilt
-    assert sorted(p.name for p in (path / "train" / "good").iterdir()) == ["000.png", "001.png"]
-    (path / ".pixelrefine_files.json").unlink()
-    user_file = path / "test" / "good" / "photo.png"
-    user_file.write_bytes(b"user data")
-    with pytest.raises(FolderNotOwnedError, match="did not write"):
+def test_old_style_manifest_alone_never_makes_a_user_folder_ours(tmp_path: Path) -> None:
+    # A user's MVTec-layout folder holding a manifest.json in the format this package wrote before its marker.
+    path = tmp_path / "brick"
+    user_files = {
+        "manifest.json": b'{"category": "brick", "version": 2}',
+        "train/good/000.png": b"user image",
+        "test/crack/000.png": b"user defect",
+        "ground_truth/crack/000_mask.png": b"user mask",
+    }
+    for name, data in user_files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
+    with pytest.raises(FolderNotOwnedError, match="not created by anomalib-pixelrefine") as info:
         build_default_benchmark(tmp_path, **TINY)
-    assert user_file.read_bytes() == b"user data"
+    _one_line(info.value)
+    assert {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()} == user_files
+
+
+def test_our_file_changed_by_the_user_is_never_deleted(tmp_path: Path) -> None:
+    path = build_default_benchmark(tmp_path, **TINY)["brick"]
+    edited = path / "train" / "good" / "000.png"
+    edited.write_bytes((path / "train" / "good" / "001.png").read_bytes())  # the user's own image, our file name
+    with pytest.raises(FolderNotOwnedError, match="was changed after") as info:
+        build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})
+    assert str(edited) in _one_line(info.value)
+    assert edited.read_bytes() == (path / "train" / "good" / "001.png").read_bytes()
+    assert (path / "train" / "good" / "002.png").is_file()  # nothing deleted
 
 
 def test_write_mvtec_folder_refuses_without_overwrite(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -132,52 +132,63 @@ def _to_uint8(image: ImageLike, is_mask: bool = False) -> np.ndarray:
     return array
 
 
-def _write_images(folder: Path, images: Sequence[ImageLike], suffix: str = "", is_mask: bool = False) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        Image.fromarray(_to_uint8(image, is_mask)).save(folder / f"{index:03d}{suffix}.png")
+def _png_bytes(image: ImageLike, is_mask: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_to_uint8(image, is_mask)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-# Ownership marker: the files this package wrote into a category folder. Only a folder holding it (or the manifest of
-# a build from before the marker existed) is ever rebuilt, and only the files listed in it are ever deleted.
+# Ownership marker: every file this package wrote into a category folder, with the SHA-256 of its content. Only a
+# folder holding it is ever rebuilt, and only the files listed in it whose content is unchanged are ever deleted.
 _MARKER = ".pixelrefine_files.json"
 _MARKER_TAG = "anomalib-pixelrefine"
-# Names this package writes in the MVTec layout (used to recognise folders built before the marker existed).
-_OWN_NAME = re.compile(r"^(train/good|test/[^/]+)/\d{3}\.png$|^ground_truth/[^/]+/\d{3}_mask\.png$")
 
 
 class FolderNotOwnedError(FileExistsError):
     """The target folder exists and holds files this package did not write; nothing was deleted."""
 
 
-def _owned_files(path: Path) -> set[str] | None:
-    """Files (relative POSIX paths) this package wrote into ``path``; ``None`` if the folder is not ours."""
-    marker = path / _MARKER
-    if marker.is_file():
-        try:
-            data = json.loads(marker.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG and isinstance(data.get("files"), list):
-            return {str(name) for name in data["files"]} | {_MARKER, _MANIFEST}
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _owned_files(path: Path) -> dict[str, str] | None:
+    """``{relative POSIX path: SHA-256}`` of the files this package wrote into ``path``; ``None`` if it is not ours.
+
+    Only the marker counts: a ``manifest.json`` alone (also the format of versions before the marker) and a marker
+    without content hashes grant nothing, since a user's folder may hold files of the same names.
+    """
+    try:
+        data = json.loads((path / _MARKER).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    manifest = path / _MANIFEST
-    if manifest.is_file():  # a build from before the marker existed: our file names only
-        try:
-            data = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if isinstance(data, dict) and data.get("category") == path.name and "version" in data:
-            files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-            return {name for name in files if _OWN_NAME.match(name)} | {_MANIFEST}
-    return None
+    files = data.get("files") if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None
+    return {str(name): digest for name, digest in files.items()}
+
+
+def _write_owned_files(path: Path, files: dict[str, bytes]) -> None:
+    """Record ``files`` (relative name -> content) in the marker of ``path``, then write them.
+
+    The marker is written first, so the files of an interrupted write are known (a cut file fails its hash and is
+    refused, never silently deleted).
+    """
+    owned = _owned_files(path) or {}
+    owned.update({name: _sha256(data) for name, data in files.items()})
+    path.mkdir(parents=True, exist_ok=True)
+    (path / _MARKER).write_text(json.dumps({"written_by": _MARKER_TAG, "files": owned}, indent=1))
+    for name, data in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
 
 
 def _clear_owned_folder(path: Path) -> None:
     """Delete the files this package wrote into ``path`` (refusing if any other file is there), then empty folders.
 
     Raises:
-        FolderNotOwnedError: If ``path`` is not ours or holds a file we did not write (nothing is deleted then).
+        FolderNotOwnedError: If ``path`` is not ours or holds a file we did not write or whose content changed since
+            (nothing is deleted then).
     """
     present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink())
     if not present and not any(path.iterdir()):
@@ -186,16 +197,25 @@ def _clear_owned_folder(path: Path) -> None:
     if owned is None:
         msg = (
             f"Refusing to write into {path}: the folder exists and was not created by anomalib-pixelrefine "
-            f"(no {_MARKER}); choose another root or remove it yourself."
+            f"(no {_MARKER} with content hashes); choose another root or remove it yourself."
         )
         raise FolderNotOwnedError(msg)
-    foreign = [name for name in present if name not in owned]
-    if foreign:
-        msg = (
-            f"Refusing to rebuild {path}: it holds {len(foreign)} file(s) anomalib-pixelrefine did not write, "
-            f"e.g. {path / foreign[0]}; move them away or choose another root."
-        )
-        raise FolderNotOwnedError(msg)
+    for name in present:
+        if name == _MARKER:
+            continue
+        file = path / name
+        if name not in owned or file.is_symlink():
+            msg = (
+                f"Refusing to rebuild {path}: it holds file(s) anomalib-pixelrefine did not write, e.g. {file}; "
+                "move them away or choose another root."
+            )
+            raise FolderNotOwnedError(msg)
+        if _sha256(file.read_bytes()) != owned[name]:
+            msg = (
+                f"Refusing to rebuild {path}: {file} was changed after anomalib-pixelrefine wrote it; "
+                "move it away or choose another root."
+            )
+            raise FolderNotOwnedError(msg)
     for name in present:
         (path / name).unlink()
     # Remove the then empty sub-folders, deepest first (rmdir never removes a non-empty folder).
@@ -214,10 +234,10 @@ def write_mvtec_folder(
 ) -> Path:
     """Write one category in MVTec AD layout as PNG files.
 
-    Nothing this function did not write is ever deleted or overwritten: the files it writes are listed in the
-    folder's marker file ``.pixelrefine_files.json``. An existing category folder is rebuilt only if it holds that
-    marker (or the manifest of an earlier :func:`build_default_benchmark`) and no other file; then only the listed
-    files are deleted. Any other non-empty folder is refused.
+    Nothing this function did not write is ever deleted or overwritten: the files it writes are listed with the
+    SHA-256 of their content in the folder's marker file ``.pixelrefine_files.json``. An existing category folder is
+    rebuilt only if it holds that marker and no other file, and every listed file is unchanged; then those files are
+    deleted. Any other non-empty folder is refused (a ``manifest.json`` alone does not make a folder ours).
 
     Args:
         root: Dataset root.
@@ -267,16 +287,12 @@ def write_mvtec_folder(
         splits[f"test/{name}"] = (images, "")
         if masks is not None:
             splits[f"ground_truth/{name}"] = (masks, "_mask")
-    # The marker lists every file before any is written, so an interrupted write can still be rebuilt.
-    files = [f"{split}/{i:03d}{suffix}.png" for split, (items, suffix) in splits.items() for i in range(len(items))]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / _MARKER).write_text(json.dumps({"written_by": _MARKER_TAG, "files": files}, indent=1))
-    _write_images(path / "train" / "good", train_images)
-    _write_images(path / "test" / "good", test_good_images)
-    for name, (images, masks) in defect_images.items():
-        _write_images(path / "test" / name, images)
-        if masks is not None:
-            _write_images(path / "ground_truth" / name, masks, suffix="_mask", is_mask=True)
+    files = {
+        f"{split}/{index:03d}{suffix}.png": _png_bytes(image, is_mask=bool(suffix))
+        for split, (items, suffix) in splits.items()
+        for index, image in enumerate(items)
+    }
+    _write_owned_files(path, files)
     return path
 
 
@@ -576,7 +592,7 @@ def build_default_benchmark(
         manifest = path / _MANIFEST
         if not force and manifest.is_file():
             try:
-                cached = json.loads(manifest.read_text()) == params
+                cached = json.loads(manifest.read_text()) == params and _owned_files(path) is not None
                 if cached:
                     validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
             except (json.JSONDecodeError, InvalidDatasetError):
@@ -591,7 +607,7 @@ def build_default_benchmark(
         )
         write_mvtec_folder(root, category, train, test_good, defect_sets)
         validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
-        manifest.write_text(json.dumps(params, indent=2))
+        _write_owned_files(path, {_MANIFEST: json.dumps(params, indent=2).encode()})
         paths[category] = path
     return paths
 
