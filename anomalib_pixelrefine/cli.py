@@ -124,7 +124,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
 def translate_model_args(args: Sequence[str]) -> list[str]:
     """Rewrite ``--model NAME`` short names of the registry (any case, ``pni``, ``feature_ensemble``) to class paths.
 
-    Class paths, config files and unknown names are left to jsonargparse.
+    Class paths, config files and unknown names are left to jsonargparse. ``demo`` arguments are left untouched:
+    the demo takes the short name itself and applies its own offline settings to it.
 
     Args:
         args: Command line arguments without the program name.
@@ -133,6 +134,8 @@ def translate_model_args(args: Sequence[str]) -> list[str]:
         The rewritten arguments.
     """
     args = list(args)
+    if "demo" in args:  # as for ``--post_processor``: the demo resolves ``--model NAME`` itself
+        return args
     for index, arg in enumerate(args):
         key, has_eq, value = arg.partition("=")
         if key != "--model":

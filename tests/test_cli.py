@@ -118,3 +118,14 @@ def test_shipped_configs_parse(config):
     result = _run(sys.executable, "-m", "anomalib_pixelrefine.cli", "train", "--config", str(config), "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.\w+\n", result.stdout), result.stdout[-3000:]
+
+
+def test_demo_keeps_its_model_short_name_and_settings():
+    from anomalib_pixelrefine.cli import PixelRefineCLI, translate_model_args
+
+    args = ["demo", "--model", "Padim", "--pre_trained", "false"]
+    assert translate_model_args(args) == args  # the demo applies its own offline settings to the short name
+    assert translate_model_args(["train", "--model", "pni"])[-1].endswith(".Pni")
+    cli = PixelRefineCLI(args=args, run=False)
+    assert cli.config["demo"]["model"] == "Padim"
+    assert cli.config["demo"]["pre_trained"] is False
