@@ -340,3 +340,62 @@ def test_demo_command_refuses_a_user_folder_in_one_line(tmp_path: Path) -> None:
     assert last.startswith(f"pixelrefine: error: Refusing to write into {tmp_path / 'brick'}")
     assert "Traceback" not in out.stderr
     assert user_file.read_bytes() == b"user data"
+
+
+# ------------------------------------------------------------------- issue 29, items 3-4: image formats and depths
+def _tiny_folder(root: Path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 3, 32, 32, generator=generator)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:16, 8:16] = 1
+    return write_mvtec_folder(root, "cat", images[:8], images[8:10], {"bad": (images[10:], masks)})
+
+
+def _convert(files: list[Path], suffix: str) -> list[Path]:
+    from PIL import Image
+
+    converted = []
+    for file in files:
+        with Image.open(file) as image:
+            image.convert("RGB").save(file.with_suffix(suffix))
+        file.unlink()
+        converted.append(file.with_suffix(suffix))
+    return converted
+
+
+@pytest.mark.parametrize(("suffix", "share"), [(".jpg", 4), (".JPG", 4), (".jpeg", 8), (".bmp", 4), (".tiff", 8)])
+def test_jpeg_bmp_tiff_training_images_are_loaded_like_png(tmp_path: Path, suffix: str, share: int) -> None:
+    from anomalib_pixelrefine.data import default_datamodule
+
+    path = _tiny_folder(tmp_path)
+    converted = _convert(sorted((path / "train" / "good").iterdir())[-share:], suffix)
+    converted += _convert([path / "test" / "bad" / "001.png"], suffix)  # its mask stays a PNG
+    assert validate_mvtec_folder(path)["train/good"] == 8
+    datamodule = default_datamodule(path, train_batch_size=4, eval_batch_size=2, seed=0)
+    datamodule.setup()
+    train = list(datamodule.train_data.samples.image_path)
+    held_back = [p for p in datamodule.val_data.samples.image_path if "/train/good/" in p]
+    assert len(train) + len(held_back) == 8  # none dropped
+    loaded = set(train) | set(held_back) | set(datamodule.test_data.samples.image_path)
+    assert {str(p) for p in converted} <= loaded
+    test = datamodule.test_data.samples
+    assert test[test.image_path.str.endswith(f"001{suffix}")].mask_path.iloc[0].endswith("001_mask.png")
+    sample = datamodule.train_data[0]
+    assert sample.image.shape == (3, 32, 32)
+
+
+def test_16_bit_images_are_refused_by_name_and_16_bit_masks_accepted(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path = _tiny_folder(tmp_path)
+    mask = path / "ground_truth" / "bad" / "000_mask.png"
+    Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint16) * 65535).save(mask)
+    assert Image.open(mask).mode == "I;16"
+    validate_mvtec_folder(path)  # masks are read as "> 0": any depth is exact
+    image = path / "train" / "good" / "003.png"
+    deep = (np.asarray(Image.open(image).convert("L")).astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(image)
+    with pytest.raises(InvalidDatasetError, match="16-bit pixels") as info:
+        validate_mvtec_folder(path)
+    assert str(image) in _one_line(info.value)

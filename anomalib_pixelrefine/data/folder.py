@@ -314,26 +314,36 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 # Files already decoded in this process, keyed by (path, size, mtime): a rebuilt or edited file is decoded again.
-_DECODED: dict[tuple[str, int, int], tuple[int, int]] = {}
+_DECODED: dict[tuple[str, int, int], tuple[tuple[int, int], str]] = {}
+# PIL modes of more than 8 bits per channel: anomalib's ``read_image`` (``convert("RGB")``) clips them to 255, so a
+# 16-bit image would be scored as a nearly white one. Masks are read as ``> 0`` and are fine in any mode.
+_HIGH_BIT_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer"}
+_HIGH_BIT_MODES["F"] = "32-bit float"
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path, is_mask: bool = False) -> tuple[int, int]:
     """``(width, height)`` of a fully decoded image; raises naming the file if it cannot be decoded (e.g. truncated).
 
     Reading only the header would accept a truncated PNG that fails later, inside a data loader, without its name.
+    Images (not masks) of more than 8 bits per channel are refused: anomalib would clip them to 255.
     """
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _DECODED:
-        return _DECODED[key]
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes every pixel: truncated or corrupt data raise here
-            size = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        msg = f"Cannot read image {path}: {error}"
-        raise InvalidDatasetError(msg) from error
-    _DECODED[key] = size
+    if key not in _DECODED:
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes every pixel: truncated or corrupt data raise here
+                _DECODED[key] = (image.size, image.mode)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+            msg = f"Cannot read image {path}: {error}"
+            raise InvalidDatasetError(msg) from error
+    size, mode = _DECODED[key]
+    if not is_mask and mode in _HIGH_BIT_MODES:
+        msg = (
+            f"Image {path} has {_HIGH_BIT_MODES[mode]} pixels (PIL mode {mode}); anomalib reads 8-bit images and "
+            "would clip it to white: convert the images to 8 bits per channel."
+        )
+        raise InvalidDatasetError(msg)
     return size
 
 
@@ -344,7 +354,8 @@ def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[
     only images that decode completely (a truncated file is named here, not later inside a data loader; files already
     decoded unchanged in this process are not decoded again); every ``test/<defect>`` has a ``ground_truth/<defect>``
     folder with exactly one mask per image (``<name>_mask.png`` or ``<name>.png``) of the same size; no mask lacks
-    its image.
+    its image. Images may be PNG, JPEG, BMP, TIFF or WebP (any case; :func:`default_datamodule` loads them all, where
+    anomalib's ``MVTecAD`` reads PNG only); images of more than 8 bits per channel (16-bit PNG/TIFF) are refused.
 
     Args:
         path: The category folder (e.g. ``datasets/pixelrefine/brick``).
@@ -406,7 +417,7 @@ def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[
                 msg = f"Missing mask for {image}: expected {mask_folder / (image.stem + '_mask.png')}."
                 raise InvalidDatasetError(msg)
             used.add(mask.stem)
-            image_size, mask_size = _image_size(image), _image_size(mask)
+            image_size, mask_size = _image_size(image), _image_size(mask, is_mask=True)
             if image_size != mask_size:
                 msg = (
                     f"Mask {mask} is {mask_size[0]}x{mask_size[1]} but image {image} is "
@@ -676,6 +687,7 @@ def default_datamodule(
             normal_dir="train/good",
             abnormal_dir=[f"test/{name}" for name in defect_dirs],
             normal_test_dir="test/good",
+            extensions=IMAGE_EXTENSIONS,
             **common,
         )
     return SyntheticValMVTecAD(root=folder.parent, category=folder.name, **common)
