@@ -325,6 +325,23 @@ def test_pixelrefine_command_sets_the_allocator_for_itself_and_its_children() ->
     assert out.stdout.split() == ["True", "2", "1048576"]  # mallopt accepted both settings in the running process
 
 
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="glibc allocator settings")
+def test_plain_import_sets_the_allocator_unless_the_user_chose() -> None:
+    import subprocess
+    import sys
+
+    # configure_allocator() is idempotent: True = this process runs with the settings (applied at import).
+    script = "import anomalib_pixelrefine\nfrom anomalib_pixelrefine.allocator import configure_allocator\n"
+    script += f"print(configure_allocator())\n{_CHILD}"
+    for env, expected in [
+        (_clean_env(), ["True", "2", "1048576"]),
+        (_clean_env(PIXELREFINE_KEEP_MALLOC="1"), ["False", "None", "None"]),
+        (_clean_env(MALLOC_MMAP_THRESHOLD_="65536"), ["False", "None", "65536"]),
+    ]:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.split() == expected
+
+
 def test_demo_command_refuses_a_user_folder_in_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
