@@ -254,14 +254,15 @@ def main() -> None:
     Sets glibc's allocator to two arenas and a 1 MB mmap threshold for this process and its children first (stable
     peak memory of anomalib's coreset on CPU, see :mod:`anomalib_pixelrefine.allocator`).
     """
-    from anomalib_pixelrefine.data import FolderNotOwnedError, InvalidDatasetError
+    from anomalib_pixelrefine.errors import PixelRefineError
 
     configure_allocator()
     configure_logger()
     try:
         PixelRefineCLI()
-    except (FolderNotOwnedError, InvalidDatasetError) as error:
-        # Bad data or a folder that is not ours (nothing was deleted): one line, no traceback.
+    except PixelRefineError as error:
+        # A refusal of this package (bad data, a folder that is not ours, a bad benchmark configuration, ...;
+        # nothing was deleted): one line, no traceback.
         raise SystemExit(f"pixelrefine: error: {error}") from None
     except ValueError as error:
         # Alias errors are raised before jsonargparse sees the arguments; print them like argparse does.

@@ -29,6 +29,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
+from anomalib_pixelrefine.errors import PixelRefineError
+
 from .generators import (
     BurnDefect,
     CrackDefect,
@@ -84,7 +86,7 @@ _MANIFEST_VERSION = 2
 ImageLike = torch.Tensor | np.ndarray
 
 
-class InvalidDatasetError(ValueError):
+class InvalidDatasetError(PixelRefineError, ValueError):
     """An MVTec-style folder is missing parts or holds invalid files; the message names the path."""
 
 
@@ -144,7 +146,7 @@ _MARKER = ".pixelrefine_files.json"
 _MARKER_TAG = "anomalib-pixelrefine"
 
 
-class FolderNotOwnedError(FileExistsError):
+class FolderNotOwnedError(PixelRefineError, FileExistsError):
     """The target folder exists and holds files this package did not write; nothing was deleted."""
 
 
