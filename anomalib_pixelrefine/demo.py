@@ -190,7 +190,8 @@ def run_demo(
         model: Model name (``Patchcore``, ``Padim``, ``Pae``, ``Pni``, ``FeatureEnsemble``) or class path.
         post_processor: Refiner to compare with the model alone (``f2pad``, ``paedid``); ``None``: the model alone.
         root: Where the embedded data set is written (reused when it is already there).
-        results_dir: Where the tables, per-image records and PNG grids are written.
+        results_dir: Where the tables, per-image records and PNG grids are written (a folder holding such files
+            that this package did not write is refused).
         categories: Categories to run; ``elpv`` (real solar cells; ``brick`` without ``elpv-dataset``) when omitted.
         image_size: Side of the square images.
         max_epochs: Training epochs; when omitted, the demo default of the model (:data:`DEMO_MODELS`) or its own.
@@ -207,8 +208,10 @@ def run_demo(
         ``s_per_image``.
     """
     from anomalib_pixelrefine.benchmark import run_benchmark
+    from anomalib_pixelrefine.benchmark.pipeline import check_output_dir
     from anomalib_pixelrefine.data import build_default_benchmark, elpv_available
 
+    check_output_dir(results_dir)  # a user's results.csv there is refused before any work, never overwritten
     if categories is None:
         use_elpv = elpv_available() if include_elpv is None else include_elpv
         categories = ["elpv" if use_elpv else "brick"]

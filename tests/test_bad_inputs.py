@@ -416,3 +416,28 @@ def test_16_bit_images_are_refused_by_name_and_16_bit_masks_accepted(tmp_path: P
     with pytest.raises(InvalidDatasetError, match="16-bit pixels") as info:
         validate_mvtec_folder(path)
     assert str(image) in _one_line(info.value)
+
+
+def test_demo_refuses_a_results_dir_holding_a_users_results_before_any_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from anomalib_pixelrefine.benchmark.pipeline import OutputDirError
+    from anomalib_pixelrefine.demo import run_demo
+
+    user_file = tmp_path / "results" / "results.csv"
+    user_file.parent.mkdir()
+    user_file.write_text("my numbers")
+    with pytest.raises(OutputDirError, match="did not write") as info:
+        run_demo(root=str(tmp_path / "data"), results_dir=str(user_file.parent), categories=["brick"])
+    assert str(user_file) in _one_line(info.value)
+    assert not (tmp_path / "data").exists()  # refused before the data were built
+    script = "from anomalib_pixelrefine.cli import main; main()"
+    args = ["demo", "--root", str(tmp_path / "data"), "--results_dir", str(user_file.parent), "--model", "Padim"]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=_clean_env())
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip().splitlines()[-1].startswith(f"pixelrefine: error: Refusing to write into {user_file.parent}")
+    )
+    assert "Traceback" not in out.stderr
+    assert user_file.read_text() == "my numbers"
