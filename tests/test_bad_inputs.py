@@ -441,3 +441,73 @@ def test_demo_refuses_a_results_dir_holding_a_users_results_before_any_work(tmp_
     )
     assert "Traceback" not in out.stderr
     assert user_file.read_text() == "my numbers"
+
+
+# ------------------------------------------------------------------- issue 29, item 9: refusals at once, in one line
+def test_graph_export_of_a_refining_host_is_refused_before_tracing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from anomalib.models import Padim
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_pixelrefine import F2PAD
+    from anomalib_pixelrefine.post_processing.base import EXPORT_MESSAGE, ExportRefusedError
+
+    model = Padim(backbone="resnet18", pre_trained=False, post_processor=F2PAD())
+    for method in ("to_onnx", "to_openvino"):
+        with pytest.raises(ExportRefusedError) as info:
+            getattr(model, method)(tmp_path / method)
+        assert _one_line(info.value) == EXPORT_MESSAGE.format(name="F2PAD")
+        assert not (tmp_path / method).exists()  # refused before anything was written or traced
+    model.post_processor = PostProcessor()  # the host alone passes the guard (and reaches anomalib's export)
+    with pytest.raises(RuntimeError) as info:
+        model.to_onnx(tmp_path / "host", input_size=(32, 32))  # unfitted PaDiM: anomalib's own error
+    assert not isinstance(info.value, ExportRefusedError)
+    script = "from anomalib_pixelrefine.cli import main; main()"
+    args = ["export", "--model", "Padim", "--model.backbone", "resnet18", "--model.pre_trained", "false"]
+    args += ["--post_processor", "f2pad", "--export_type", "openvino", "--export_root", str(tmp_path / "cli")]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=_clean_env())
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "pixelrefine: error: " + EXPORT_MESSAGE.format(name="F2PAD")
+    assert "Traceback" not in out.stderr
+
+
+def test_f2pad_optimising_through_a_host_without_scorer_is_refused_at_construction() -> None:
+    from anomalib.models import Fastflow
+
+    from anomalib_pixelrefine import F2PAD
+    from anomalib_pixelrefine.post_processing.scorers import NoScorerError
+
+    with pytest.raises(NoScorerError, match=r"No differentiable F2PAD scorer .* 'FastflowModel'") as info:
+        Fastflow(backbone="resnet18", pre_trained=False, post_processor=F2PAD(max_iters=5))
+    assert "max_iters=0" in _one_line(info.value)
+    Fastflow(backbone="resnet18", pre_trained=False, post_processor=F2PAD())  # max_iters=0 needs no scorer
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("num_exemplars", 10**9), ("num_candidates", 10**9), ("prior_pixels", 10**12), ("ks", 10**6)]
+)
+def test_absurd_f2pad_sizes_are_refused_at_construction(name: str, value: int) -> None:
+    from anomalib_pixelrefine import F2PAD
+    from anomalib_pixelrefine.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=f"F2PAD: {name} must be <= .* got {value}") as info:
+        F2PAD(**{name: value})
+    _one_line(info.value)
+
+
+def test_non_ascii_data_paths_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # anomalib's data loaders refuse every sample path outside printable ASCII (validate_path), after the fit.
+    root = tmp_path / "données"
+    with pytest.raises(InvalidDatasetError, match="printable ASCII") as info:
+        build_default_benchmark(root, **TINY)
+    assert "'é'" in _one_line(info.value)
+    assert not root.exists()
+    path = build_default_benchmark(tmp_path / "data", **TINY)["brick"]
+    defect = path / "test" / "crack"
+    defect.rename(path / "test" / "fissure_ü")
+    (path / "ground_truth" / "crack").rename(path / "ground_truth" / "fissure_ü")
+    with pytest.raises(InvalidDatasetError, match="printable ASCII") as info:
+        validate_mvtec_folder(path)
+    assert "fissure_ü" in _one_line(info.value)

@@ -299,12 +299,34 @@ def write_mvtec_folder(
 
 
 # ------------------------------------------------------------------------------------------------------ validation
+def _check_path(path: Path) -> None:
+    """Refuse a path anomalib's data loaders refuse (``validate_path``: printable ASCII only, <= 512 characters).
+
+    anomalib checks every image's absolute path when it loads a sample, i.e. only after the model was built and,
+    for the test images, after the whole fit.
+    """
+    from anomalib.data.utils.path import contains_non_printable_characters, is_path_too_long
+
+    absolute = path.resolve()
+    if contains_non_printable_characters(absolute):
+        bad = sorted({char for char in str(absolute) if not " " <= char <= "~"})
+        msg = (
+            f"Path {absolute} contains the character(s) {''.join(bad)!r}: anomalib's data loaders accept printable "
+            "ASCII paths only; rename the folder or file, or move the data set."
+        )
+        raise InvalidDatasetError(msg)
+    if is_path_too_long(absolute):
+        msg = f"Path {absolute} is longer than the 512 characters anomalib's data loaders accept."
+        raise InvalidDatasetError(msg)
+
+
 def _image_files(folder: Path) -> list[Path]:
-    """Image files of ``folder``; raises on sub-folders and non-image files (hidden files are ignored)."""
+    """Image files of ``folder`` (hidden ones skipped); raises on sub-folders, other files, paths anomalib refuses."""
     files = []
     for item in sorted(folder.iterdir()):
         if item.name.startswith("."):
             continue
+        _check_path(item)
         if item.is_dir():
             msg = f"Unexpected sub-folder {item} (MVTec layout has images directly in {folder})."
             raise InvalidDatasetError(msg)
@@ -374,6 +396,7 @@ def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[
     if not root.is_dir():
         msg = f"Dataset folder {root} does not exist or is not a folder."
         raise InvalidDatasetError(msg)
+    _check_path(root)
     train = root / "train" / "good"
     if not train.is_dir():
         msg = f"Missing training folder {train} (MVTec layout: <category>/train/good/*.png)."
@@ -589,6 +612,8 @@ def build_default_benchmark(
         categories = [name for name in DEFAULT_CATEGORIES if name != "elpv" or use_elpv]
     for name in defects:
         defect_generator(name, 0)  # validates the names before any work
+    for category in categories:
+        _check_path(Path(root) / category)  # a path anomalib cannot load is refused before anything is written
     paths = {}
     for category in categories:
         params: dict[str, Any] = {

@@ -39,7 +39,7 @@ from .optim import (
     share_gradients,
     total_variation,
 )
-from .scorers import get_scorer
+from .scorers import get_scorer, scorer_class
 
 INIT_MODES = ("inpaint", "exemplar", "pae", "image")
 
@@ -100,6 +100,24 @@ def scatter_crops(full: torch.Tensor, crops: torch.Tensor, offsets: torch.Tensor
     xs = offsets[:, 1].view(b, 1, 1) + torch.arange(size[1], device=full.device).view(1, 1, -1)
     flat = (ys * w + xs).view(b, 1, -1).expand(b, c, -1)
     return full.flatten(2).scatter(2, flat, crops.flatten(2)).view(b, c, h, w)
+
+
+#: Upper bounds of F2PAD's size arguments: far above any useful value (defaults: 16, 5, 50, 5, 2, 16, 32, 20000,
+#: 0, 50, 20, 10), low enough that a typo such as ``num_exemplars=1e9`` is refused at construction.
+MAX_SIZES = {
+    "num_exemplars": 10_000,
+    "exemplar_windows": 1_000,
+    "num_candidates": 100_000,
+    "n_components": 1_000,
+    "ks": 100,
+    "context": 10_000,
+    "crop_align": 4_096,
+    "prior_pixels": 100_000_000,
+    "max_iters": 1_000_000,
+    "reestimate_iters": 1_000_000,
+    "pae_epochs": 100_000,
+    "check_every": 1_000_000,
+}
 
 
 class F2PAD(RefiningPostProcessor):
@@ -201,6 +219,13 @@ class F2PAD(RefiningPostProcessor):
         check_widths(owner, "pae_channels", pae_channels)
         for name, (value, low) in integers.items():
             check_number(owner, name, value, low, integer=True)
+        # Sizes far beyond any use only exhaust memory or time (e.g. num_exemplars=10**9): refused at construction.
+        sizes = {"num_exemplars": num_exemplars, "exemplar_windows": exemplar_windows, "num_candidates": num_candidates}
+        sizes |= {"n_components": n_components, "ks": ks, "context": context, "crop_align": crop_align}
+        sizes |= {"prior_pixels": prior_pixels, "max_iters": max_iters, "reestimate_iters": reestimate_iters}
+        sizes |= {"pae_epochs": pae_epochs, "check_every": check_every}
+        for name, value in sizes.items():
+            check_number(owner, name, value, high=MAX_SIZES[name], integer=True)
         self.alpha1, self.alpha2, self.beta0 = alpha1, alpha2, beta0
         self.n_components, self.log_eps = n_components, log_eps
         self.lr, self.gamma0, self.gamma_max, self.adaptive_step = lr, gamma0, gamma_max, adaptive_step
@@ -232,6 +257,19 @@ class F2PAD(RefiningPostProcessor):
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
         return (*super()._checkpoint_config_keys, *self._TUNABLE, "init", "pae_channels")
+
+    def hook_host(self, host: nn.Module) -> None:
+        """Hook the host; with ``max_iters > 0`` a host without a differentiable scorer is refused here.
+
+        This runs when the refiner and the host model meet in an ``AnomalibModule`` (at its construction), so such a
+        host fails at once instead of at test time, after the whole fit.
+
+        Raises:
+            NoScorerError: (a ``TypeError``) If ``max_iters > 0`` and no scorer is registered for the host model.
+        """
+        if self.max_iters > 0 and scorer_class(host) is None:
+            get_scorer(host)  # raises the one-line error naming the host and the supported ones
+        super().hook_host(host)
 
     def _build_pae(self) -> PaeModel:
         return seeded_module(self.seed, lambda: PaeModel(channels=self.pae_channels))
