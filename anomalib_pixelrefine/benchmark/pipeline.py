@@ -388,6 +388,7 @@ class PixelRefineBenchmark(Benchmark):
 # Files and folders a run writes into its output folder (overwritten on the next run of the same folder).
 OUTPUT_NAMES = ("results.csv", "results.json", "results.md", "per_image.csv", PARTIAL_ROWS, "plots", "qualitative")
 OUTPUT_MARKER = ".pixelrefine_output"
+OUTPUT_MARKER_TEXT = "anomalib-pixelrefine output folder: its result files are rewritten by the next run.\n"
 
 
 class OutputDirError(PixelRefineError, FileExistsError):
@@ -452,7 +453,7 @@ def claim_output_dir(output_dir: str | Path) -> Iterator[Path]:
             raise OutputDirError(msg) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"anomalib-pixelrefine output folder; locked by process {os.getpid()} while it runs\n")
+        handle.write(OUTPUT_MARKER_TEXT)  # constant: a committed results folder stays unchanged in git
         handle.flush()
         try:
             yield folder
