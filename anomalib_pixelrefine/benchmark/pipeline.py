@@ -47,6 +47,7 @@ __all__ = [
     "PixelRefineBenchmarkJobGenerator",
     "check_output_dir",
     "claim_output_dir",
+    "failure_summary",
     "pixelrefine_pipelines",
     "report_partial",
     "run_benchmark",
@@ -279,6 +280,7 @@ class FreshProcessRunner(PartialRowsMixin, ParallelRunner):
         if self.failures:  # jobs catch their own errors, so this is a crashed worker (e.g. killed for memory)
             logger.error("At least one benchmark worker process died; its job is missing from the results.")
         gathered = self.generator.job_class.collect(self.results)
+        gathered.attrs["worker_died"] = bool(self.failures)
         self.generator.job_class.save(gathered)
         return gathered
 
@@ -364,25 +366,40 @@ class PixelRefineBenchmark(Benchmark):
             "isolation": pipeline_args["isolation"],
             "config": {key: value for key, value in pipeline_args.items()},
         }
-        result, failed, crashed = None, [], False
+        result, failures = None, []
         try:
             with claim_output_dir(pipeline_args["output_dir"]):
                 for runner in self._setup_runners(pipeline_args):
                     runner.generator.settings.update(metadata=metadata, started=start)  # type: ignore[attr-defined]
                     result = runner.run(pipeline_args["benchmark"])
-                    crashed = crashed or bool(getattr(runner, "failures", False))
-                    if result is not None and len(result) and "status" in result:
-                        rows = result[result["status"] == "failed"]
-                        failed += [f"{row.job_id}: {row.reason}" for row in rows.itertuples()]
+                    failures.append(failure_summary(result))
         except PixelRefineError as error:
             if isinstance(args, Namespace):
                 raise SystemExit(f"pixelrefine benchmark: error: {error}") from None
             raise
-        if isinstance(args, Namespace) and (failed or crashed):  # command line: any failed job is a failed run
-            what = f"{len(failed)} job(s) failed ({failed[0]}{'; ...' if len(failed) > 1 else ''})" if failed else ""
-            what += (", and " if what else "") + ("a worker process died (its job is missing)" if crashed else "")
-            raise SystemExit(f"pixelrefine benchmark: error: {what}; results in {pipeline_args['output_dir']}")
+        summary = "; ".join(failure for failure in failures if failure)
+        if isinstance(args, Namespace) and summary:  # command line: any failed job is a failed run
+            raise SystemExit(f"pixelrefine benchmark: error: {summary}; results in {pipeline_args['output_dir']}")
         return result
+
+
+def failure_summary(frame: Any) -> str:
+    """One line naming the failed jobs of a results frame and a worker process that died; ``""`` when all ran.
+
+    Skipped jobs (a component that is not installed) do not count as failures.
+    """
+    if frame is None:
+        return ""
+    parts = []
+    failed = frame[frame["status"] == "failed"] if "status" in frame else frame.iloc[:0]
+    if len(failed):
+        first = failed.iloc[0]
+        parts.append(
+            f"{len(failed)} job(s) failed ({first.job_id}: {first.reason}{'; ...' if len(failed) > 1 else ''})"
+        )
+    if frame.attrs.get("worker_died"):
+        parts.append("a worker process died (its job is missing)")
+    return ", and ".join(parts)
 
 
 # Files and folders a run writes into its output folder (overwritten on the next run of the same folder).
