@@ -511,3 +511,18 @@ def test_non_ascii_data_paths_are_refused_before_anything_is_written(tmp_path: P
     with pytest.raises(InvalidDatasetError, match="printable ASCII") as info:
         validate_mvtec_folder(path)
     assert "fissure_ü" in _one_line(info.value)
+
+
+def test_folder_of_an_earlier_version_is_reused_but_never_deleted(tmp_path: Path) -> None:
+    import json
+
+    path = build_default_benchmark(tmp_path, **TINY)["brick"]
+    marker = path / ".pixelrefine_files.json"
+    names = sorted(json.loads(marker.read_text())["files"])
+    marker.write_text(json.dumps({"written_by": "anomalib-pixelrefine", "files": names}))  # names only, no hashes
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    assert build_default_benchmark(tmp_path, **TINY)["brick"] == path  # same parameters: reused (read only)
+    with pytest.raises(FolderNotOwnedError, match="earlier anomalib-pixelrefine version") as info:
+        build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})
+    _one_line(info.value)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before

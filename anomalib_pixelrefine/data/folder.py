@@ -154,17 +154,22 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _owned_files(path: Path) -> dict[str, str] | None:
-    """``{relative POSIX path: SHA-256}`` of the files this package wrote into ``path``; ``None`` if it is not ours.
-
-    Only the marker counts: a ``manifest.json`` alone (also the format of versions before the marker) and a marker
-    without content hashes grant nothing, since a user's folder may hold files of the same names.
-    """
+def _marker_files(path: Path) -> Any:
+    """The ``files`` entry of the folder's marker (``None`` without a marker of this package)."""
     try:
         data = json.loads((path / _MARKER).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    files = data.get("files") if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG else None
+    return data.get("files") if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG else None
+
+
+def _owned_files(path: Path) -> dict[str, str] | None:
+    """``{relative POSIX path: SHA-256}`` of the files this package wrote into ``path``; ``None`` if it is not ours.
+
+    Only the marker with content hashes counts: a ``manifest.json`` alone (the format of versions before the marker)
+    and a marker of names only (earlier versions) grant nothing, since a user may have put or changed files there.
+    """
+    files = _marker_files(path)
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         return None
     return {str(name): digest for name, digest in files.items()}
@@ -196,6 +201,12 @@ def _clear_owned_folder(path: Path) -> None:
     if not present and not any(path.iterdir()):
         return  # an empty folder: nothing to lose
     owned = _owned_files(path)
+    if owned is None and isinstance(_marker_files(path), list):
+        msg = (
+            f"Refusing to rebuild {path}: it was written by an earlier anomalib-pixelrefine version, whose {_MARKER} "
+            "records no content hashes (files may have changed since); remove the folder yourself to rebuild it."
+        )
+        raise FolderNotOwnedError(msg)
     if owned is None:
         msg = (
             f"Refusing to write into {path}: the folder exists and was not created by anomalib-pixelrefine "
@@ -630,7 +641,8 @@ def build_default_benchmark(
         manifest = path / _MANIFEST
         if not force and manifest.is_file():
             try:
-                cached = json.loads(manifest.read_text()) == params and _owned_files(path) is not None
+                # Reading only: a folder of an earlier version (marker of names only) is reused as it is.
+                cached = json.loads(manifest.read_text()) == params and _marker_files(path) is not None
                 if cached:
                     validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
             except (json.JSONDecodeError, InvalidDatasetError):
