@@ -34,6 +34,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from anomalib_pixelrefine import models as _models
 from anomalib_pixelrefine import registry
 from anomalib_pixelrefine.allocator import configure_allocator
+from anomalib_pixelrefine.errors import InvalidArgumentError
 
 logger = logging.getLogger("anomalib_pixelrefine.cli")
 
@@ -86,7 +87,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
         The rewritten arguments.
 
     Raises:
-        ValueError: If the alias is given without a value, with an unknown name, or with a command that has no model.
+        InvalidArgumentError: (a ``ValueError``) If the alias is given without a value, with an unknown name, or with
+            a command that has no model.
     """
     args = list(args)
     if "demo" in args:  # the demo takes ``--post_processor NAME`` itself
@@ -105,7 +107,7 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
                 value = args[index]
             else:
                 msg = f"'{key}' needs a value."
-                raise ValueError(msg)
+                raise InvalidArgumentError(msg)
             if key == "--post_processor":
                 moved[:0] = ["--model.post_processor", registry.post_processor_path(value)]
             else:
@@ -117,7 +119,7 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
     if moved and not _MODEL_COMMANDS.intersection(kept):
         commands = sorted(_MODEL_COMMANDS)
         msg = f"--post_processor needs one of the commands {commands} (it sets the model's post-processor)."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
     return kept + moved
 
 
@@ -261,14 +263,9 @@ def main() -> None:
     try:
         PixelRefineCLI()
     except PixelRefineError as error:
-        # A refusal of this package (bad data, a folder that is not ours, a bad benchmark configuration, ...;
-        # nothing was deleted): one line, no traceback.
+        # A refusal of this package (bad data or arguments, e.g. the --post_processor alias, a folder that is not
+        # ours, a bad benchmark configuration, ...; nothing was deleted): one line like argparse's, no traceback.
         raise SystemExit(f"pixelrefine: error: {error}") from None
-    except ValueError as error:
-        # Alias errors are raised before jsonargparse sees the arguments; print them like argparse does.
-        if "--post_processor" in str(error) or "post-processor" in str(error):
-            raise SystemExit(f"pixelrefine: error: {error}") from None
-        raise
 
 
 if __name__ == "__main__":

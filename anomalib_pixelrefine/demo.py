@@ -18,6 +18,7 @@ from anomalib.metrics import Evaluator
 from anomalib.models import AnomalibModule
 
 from anomalib_pixelrefine.benchmark.profiles import PNI_CPU_ARGS
+from anomalib_pixelrefine.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def build_demo_model(
         The model, ready for ``Engine.train``.
 
     Raises:
-        ValueError: If the model name is unknown.
+        InvalidArgumentError: (a ``ValueError``) If the model name is unknown.
     """
     spec = demo_spec(model)
     if spec is not None:
@@ -131,7 +132,7 @@ def build_demo_model(
         init_args = dict(model_kwargs)
     else:
         msg = f"Unknown demo model '{model}'. Known: {', '.join(DEMO_MODELS)} (or a full class path)."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
     if post_processor is not None:
         from anomalib_pixelrefine.registry import post_processor_class
 
@@ -148,7 +149,7 @@ def _demo_model_spec(model: str, pre_trained: bool, max_epochs: int | None) -> d
     if spec is None:
         if "." not in model:
             msg = f"Unknown demo model '{model}'. Known: {', '.join(DEMO_MODELS)} (or a full class path)."
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
         spec = {"class_path": model, "init_args": {}}
     name = next((key for key in DEMO_MODELS if key.lower() == model.lower()), None)
     init_args = dict(spec["init_args"])
@@ -223,6 +224,7 @@ def run_demo(
         "n_test_defect": n_test_defect,
         "seed": seed,
     }
+    model_spec = _demo_model_spec(model, pre_trained, max_epochs)  # an unknown model is refused before the data
     # Built here (cached for the jobs) so that data errors, e.g. a user's folder under ``root``, reach the caller.
     build_default_benchmark(categories=list(categories), **data_args)
     config = {
@@ -234,7 +236,7 @@ def run_demo(
         "print_table": False,
         "benchmark": {
             "seed": seed,
-            "model": _demo_model_spec(model, pre_trained, max_epochs),
+            "model": model_spec,
             "post_processor": {"grid": ["default", post_processor] if post_processor else ["default"]},
             "data": {
                 "class_path": "default",
