@@ -409,6 +409,10 @@ def test_fresh_process_isolation_runs_each_job_in_its_own_process(tiny_mvtec_roo
         ({"data": {"class_path": "default", "init_args": {"categroy": "brick"}}}, "Unknown key 'categroy'"),
         ({"data": {"class_path": "MVTecAD", "init_args": {"catgory": "x"}}}, "Unknown key 'catgory'"),
         ({"data": "NoSuchData"}, "Unknown data set 'NoSuchData'"),
+        (
+            {"model": {"class_path": "FeatureEnsemble", "init_args": {"members": [{"backbone": "x", "layer": ["a"]}]}}},
+            "Unknown keys ['layer'] in backbone member",
+        ),
     ],
 )
 def test_unknown_keys_and_names_are_refused_before_any_job(tmp_path: Path, bench: dict, message: str) -> None:

@@ -328,6 +328,15 @@ def _check_component(key: str, spec: Any, checked: set[str]) -> None:
         msg = f"'benchmark.{key}': {error}" if isinstance(error, ValueError) else f"Unknown data set {class_path!r}."
         raise BenchmarkConfigError(msg) from None
     _unknown(where, entry.get("init_args") or {}, _accepted_args(cls))
+    members = (entry.get("init_args") or {}).get("members")
+    if key == "model" and isinstance(members, list):  # FeatureEnsemble's members: one level deeper
+        from anomalib_pixelrefine.models.image.feature_ensemble.members import check_member_spec
+
+        for member in members:
+            try:
+                check_member_spec(member)
+            except ValueError as error:
+                raise BenchmarkConfigError(f"'benchmark.model' {class_path!r}: {error}") from None
     if key == "model" and entry.get("engine") is not None:
         _unknown(f"'benchmark.model' {class_path!r} engine", entry["engine"], _engine_args())
 
