@@ -221,6 +221,12 @@ def test_models_with_a_seed_argument_follow_the_job_seed() -> None:
     assert model_init_args(Padim, {"n_features": 10}, 3) == {"n_features": 10}  # no seed argument: unchanged
 
 
+def _in_process_config(out: Path, benchmark: dict, **extra: object) -> dict:
+    """A quiet run in this process at 32 px (no plots, table print or qualitative grid)."""
+    settings = {"isolation": "none", "image_size": 32, "qualitative_samples": 0, "plots": False, "print_table": False}
+    return {**settings, "output_dir": str(out), "benchmark": benchmark, **extra}
+
+
 def test_named_variants_and_seeds_on_the_embedded_data(tmp_path: Path) -> None:
     out = tmp_path / "out"
     padim = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]}
@@ -236,25 +242,18 @@ def test_named_variants_and_seeds_on_the_embedded_data(tmp_path: Path) -> None:
             "defects": ["cut_paste_color", "scratch"],
         },
     }
-    config = {
-        "isolation": "none",
-        "output_dir": str(out),
-        "image_size": 32,
-        "qualitative_samples": 0,
-        "plots": False,
-        "print_table": False,
-        "benchmark": {
-            "seed": {"grid": [0, 1]},
-            "model": {
-                "grid": [
-                    {"class_path": "Padim", "name": "Padim_d8", "init_args": {**padim, "n_features": 8}},
-                    {"class_path": "Padim", "name": "Padim_d32", "init_args": {**padim, "n_features": 32}},
-                ]
-            },
-            "data": data,
+    benchmark = {
+        "seed": {"grid": [0, 1]},
+        "model": {
+            "grid": [
+                {"class_path": "Padim", "name": "Padim_d8", "init_args": {**padim, "n_features": 8}},
+                {"class_path": "Padim", "name": "Padim_d32", "init_args": {**padim, "n_features": 32}},
+            ]
         },
-        "exclude": [{"model": "padim_d32", "seed": 1}],  # exclude rules match the names
+        "data": data,
     }
+    # exclude rules match the names
+    config = _in_process_config(out, benchmark, exclude=[{"model": "padim_d32", "seed": 1}])
     frame = run_benchmark(config)
     assert list(frame["status"]) == ["ok"] * 3, list(frame["reason"])
     assert sorted(frame["job_id"]) == [
@@ -425,15 +424,7 @@ def test_unknown_keys_and_names_are_refused_before_any_job(tmp_path: Path, bench
 
 
 def _tiny_config(root: Path, out: Path) -> dict:
-    return {
-        "isolation": "none",
-        "output_dir": str(out),
-        "image_size": 32,
-        "qualitative_samples": 0,
-        "plots": False,
-        "print_table": False,
-        "benchmark": {"seed": 0, "model": PADIM, "data": _mvtec(root)},
-    }
+    return _in_process_config(out, {"seed": 0, "model": PADIM, "data": _mvtec(root)})
 
 
 def test_in_process_runs_keep_partial_rows_and_resume_skips_bad_lines(
