@@ -8,6 +8,11 @@ subpackages, which import each other, never form an import cycle through this mo
 import importlib
 from typing import Any
 
+from anomalib_pixelrefine.allocator import configure_allocator
+
+# Stable peak memory of anomalib's CPU coreset from plain Python too (glibc only; see ``allocator`` for the opt-out).
+configure_allocator()
+
 __version__ = "0.1.0"
 
 # Public name -> subpackage that defines it.

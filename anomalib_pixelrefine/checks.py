@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from anomalib_pixelrefine.errors import InvalidArgumentError
+
 __all__ = [
     "FiniteInputMixin",
     "NoEffectWarning",
@@ -87,7 +89,7 @@ def check_number(
         ok = value < high if high_open else value <= high
     if not ok:
         msg = f"{owner}: {name} must be {expected}, got {value!r}."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
 
 
 def check_seed(owner: str, seed: Any) -> None:
@@ -122,7 +124,7 @@ def check_choice(owner: str, name: str, value: Any, choices: Iterable[Any]) -> N
     choices = tuple(choices)
     if value not in choices:
         msg = f"{owner}: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
 
 
 def check_widths(owner: str, name: str, value: Any) -> None:
@@ -131,7 +133,7 @@ def check_widths(owner: str, name: str, value: Any) -> None:
     ok = ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value)
     if not ok:
         msg = f"{owner}: {name} must be a non-empty sequence of integers >= 1, got {value!r}."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
 
 
 def check_finite(owner: str, what: str, tensor: torch.Tensor | None) -> None:
@@ -153,7 +155,7 @@ def check_finite(owner: str, what: str, tensor: torch.Tensor | None) -> None:
     shown = ", ".join(str(i) for i in items[:5]) + (", ..." if len(items) > 5 else "")
     kinds = "/".join(k for k, m in (("NaN", torch.isnan(tensor)), ("inf", torch.isinf(tensor))) if bool(m.any()))
     msg = f"{owner}: the {what} holds {count} non-finite value(s) ({kinds}) in batch item(s) {shown}."
-    raise ValueError(msg)
+    raise InvalidArgumentError(msg)
 
 
 class FiniteInputMixin:

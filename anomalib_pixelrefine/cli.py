@@ -34,6 +34,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from anomalib_pixelrefine import models as _models
 from anomalib_pixelrefine import registry
 from anomalib_pixelrefine.allocator import configure_allocator
+from anomalib_pixelrefine.errors import InvalidArgumentError
 
 logger = logging.getLogger("anomalib_pixelrefine.cli")
 
@@ -95,7 +96,8 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
         The rewritten arguments.
 
     Raises:
-        ValueError: If the alias is given without a value, with an unknown name, or with a command that has no model.
+        InvalidArgumentError: (a ``ValueError``) If the alias is given without a value, with an unknown name, or with
+            a command that has no model.
     """
     args = list(args)
     if "demo" in args:  # the demo takes ``--post_processor NAME`` itself
@@ -114,7 +116,7 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
                 value = args[index]
             else:
                 msg = f"'{key}' needs a value."
-                raise ValueError(msg)
+                raise InvalidArgumentError(msg)
             if key == "--post_processor":
                 moved[:0] = ["--model.post_processor", registry.post_processor_path(value)]
             else:
@@ -128,14 +130,15 @@ def translate_post_processor_args(args: Sequence[str]) -> list[str]:
     if moved and not _MODEL_COMMANDS.intersection(kept):
         commands = sorted(_MODEL_COMMANDS)
         msg = f"--post_processor needs one of the commands {commands} (it sets the model's post-processor)."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
     return kept + moved
 
 
 def translate_model_args(args: Sequence[str]) -> list[str]:
     """Rewrite ``--model NAME`` short names of the registry (any case, ``pni``, ``feature_ensemble``) to class paths.
 
-    Class paths, config files and unknown names are left to jsonargparse.
+    Class paths, config files and unknown names are left to jsonargparse. ``demo`` arguments are left untouched:
+    the demo takes the short name itself and applies its own offline settings to it.
 
     Args:
         args: Command line arguments without the program name.
@@ -144,6 +147,8 @@ def translate_model_args(args: Sequence[str]) -> list[str]:
         The rewritten arguments.
     """
     args = list(args)
+    if "demo" in args:  # as for ``--post_processor``: the demo resolves ``--model NAME`` itself
+        return args
     for index, arg in enumerate(args):
         key, has_eq, value = arg.partition("=")
         if key != "--model":
@@ -433,23 +438,18 @@ def main() -> None:
     Sets glibc's allocator to two arenas and a 1 MB mmap threshold for this process and its children first (stable
     peak memory of anomalib's coreset on CPU, see :mod:`anomalib_pixelrefine.allocator`).
     """
-    from anomalib_pixelrefine.data import FolderNotOwnedError, InvalidDatasetError
+    from anomalib_pixelrefine.errors import PixelRefineError
     from anomalib_pixelrefine.launcher import configure_output, configure_threads
-    from anomalib_pixelrefine.offline import WeightsUnavailableError
 
     configure_threads()
     configure_allocator()
     configure_output()
     try:
         PixelRefineCLI()
-    except (FolderNotOwnedError, InvalidDatasetError, WeightsUnavailableError) as error:
-        # Bad data or a folder that is not ours (nothing was deleted): one line, no traceback.
+    except PixelRefineError as error:
+        # A refusal of this package (bad data or arguments, e.g. the --post_processor alias, a folder that is not
+        # ours, a bad benchmark configuration, ...; nothing was deleted): one line like argparse's, no traceback.
         raise SystemExit(f"pixelrefine: error: {error}") from None
-    except ValueError as error:
-        # Alias errors are raised before jsonargparse sees the arguments; print them like argparse does.
-        if "--post_processor" in str(error) or "post-processor" in str(error):
-            raise SystemExit(f"pixelrefine: error: {error}") from None
-        raise
 
 
 if __name__ == "__main__":

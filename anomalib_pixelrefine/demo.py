@@ -20,6 +20,7 @@ from anomalib.models import AnomalibModule
 
 from anomalib_pixelrefine.benchmark.profiles import PNI_CPU_ARGS
 from anomalib_pixelrefine.checks import check_choice
+from anomalib_pixelrefine.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def build_demo_model(
         The model, ready for ``Engine.train``.
 
     Raises:
-        ValueError: If the model name is unknown.
+        InvalidArgumentError: (a ``ValueError``) If the model name is unknown.
     """
     spec = demo_spec(model)
     if spec is not None:
@@ -133,7 +134,7 @@ def build_demo_model(
         init_args = dict(model_kwargs)
     else:
         msg = f"Unknown demo model '{model}'. Known: {', '.join(DEMO_MODELS)} (or a full class path)."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
     if post_processor is not None:
         from anomalib_pixelrefine.registry import post_processor_class
 
@@ -150,7 +151,7 @@ def _demo_model_spec(model: str, pre_trained: bool, max_epochs: int | None) -> d
     if spec is None:
         if "." not in model:
             msg = f"Unknown demo model '{model}'. Known: {', '.join(DEMO_MODELS)} (or a full class path)."
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
         spec = {"class_path": model, "init_args": {}}
     name = next((key for key in DEMO_MODELS if key.lower() == model.lower()), None)
     init_args = dict(spec["init_args"])
@@ -193,7 +194,8 @@ def run_demo(
         model: Model name (Patchcore, Padim, Pae, Pni, FeatureEnsemble) or class path.
         post_processor: Refiner to compare with the model alone (f2pad, paedid); null: the model alone.
         root: Where the embedded data set is written (reused when it is already there).
-        results_dir: Where the tables, per-image records and PNG grids are written.
+        results_dir: Where the tables, per-image records and PNG grids are written (a folder holding such files
+            that this package did not write is refused).
         categories: Categories to run; elpv (real solar cells; brick without elpv-dataset) when omitted.
         image_size: Side of the square images.
         max_epochs: Training epochs; when omitted, the demo's default for the model, else the model's own.
@@ -214,11 +216,13 @@ def run_demo(
     """
     from anomalib_pixelrefine.benchmark import run_benchmark
     from anomalib_pixelrefine.benchmark.job import OPERATING_BUDGETS
+    from anomalib_pixelrefine.benchmark.pipeline import check_output_dir
     from anomalib_pixelrefine.data import build_default_benchmark, elpv_available
 
     budgets = {rate: name for name, rate in OPERATING_BUDGETS.items() if rate is not None}
     check_choice("pixelrefine demo", "max_false_alarm_rate", max_false_alarm_rate, budgets)
     budget = budgets[max_false_alarm_rate]
+    check_output_dir(results_dir)  # a user's results.csv there is refused before any work, never overwritten
 
     if categories is None:
         use_elpv = elpv_available() if include_elpv is None else include_elpv
@@ -231,6 +235,7 @@ def run_demo(
         "n_test_defect": n_test_defect,
         "seed": seed,
     }
+    model_spec = _demo_model_spec(model, pre_trained, max_epochs)  # an unknown model is refused before the data
     # Built here (cached for the jobs) so that data errors, e.g. a user's folder under ``root``, reach the caller.
     build_default_benchmark(categories=list(categories), **data_args)
     refiner = {"class_path": post_processor, "init_args": {"max_false_alarm_rate": max_false_alarm_rate}}
@@ -243,7 +248,7 @@ def run_demo(
         "print_table": False,
         "benchmark": {
             "seed": seed,
-            "model": _demo_model_spec(model, pre_trained, max_epochs),
+            "model": model_spec,
             "post_processor": {"grid": ["default", refiner] if post_processor else ["default"]},
             "data": {
                 "class_path": "default",

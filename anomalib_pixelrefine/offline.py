@@ -25,6 +25,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from anomalib_pixelrefine.errors import PixelRefineError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["OFFLINE_FALLBACK", "WeightsUnavailableError", "hub_reachable", "resolve_backbone", "weights_cached"]
@@ -38,7 +40,7 @@ _TRUE = {"1", "on", "yes", "true"}
 _reachable: bool | None = None
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(PixelRefineError, RuntimeError):
     """Pretrained weights of a backbone are neither cached nor downloadable here (the message names the backbone)."""
 
 

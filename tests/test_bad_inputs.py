@@ -54,17 +54,33 @@ def test_rebuild_of_our_folder_keeps_foreign_files_and_deletes_only_ours(tmp_pat
     assert sorted(p.name for p in (path / "train" / "good").iterdir()) == ["000.png", "001.png"]
 
 
-def test_folder_built_before_the_marker_is_rebuilt_only_without_foreign_files(tmp_path: Path) -> None:
-    path = build_default_benchmark(tmp_path, **TINY)["brick"]
-    (path / ".pixelrefine_files.json").unlink()  # as written by a version without the marker (manifest only)
-    build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})  # our manifest and file names: rebuilt
-    assert sorted(p.name for p in (path / "train" / "good").iterdir()) == ["000.png", "001.png"]
-    (path / ".pixelrefine_files.json").unlink()
-    user_file = path / "test" / "good" / "photo.png"
-    user_file.write_bytes(b"user data")
-    with pytest.raises(FolderNotOwnedError, match="did not write"):
+def test_old_style_manifest_alone_never_makes_a_user_folder_ours(tmp_path: Path) -> None:
+    # A user's MVTec-layout folder holding a manifest.json in the format this package wrote before its marker.
+    path = tmp_path / "brick"
+    user_files = {
+        "manifest.json": b'{"category": "brick", "version": 2}',
+        "train/good/000.png": b"user image",
+        "test/crack/000.png": b"user defect",
+        "ground_truth/crack/000_mask.png": b"user mask",
+    }
+    for name, data in user_files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
+    with pytest.raises(FolderNotOwnedError, match="not created by anomalib-pixelrefine") as info:
         build_default_benchmark(tmp_path, **TINY)
-    assert user_file.read_bytes() == b"user data"
+    _one_line(info.value)
+    assert {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()} == user_files
+
+
+def test_our_file_changed_by_the_user_is_never_deleted(tmp_path: Path) -> None:
+    path = build_default_benchmark(tmp_path, **TINY)["brick"]
+    edited = path / "train" / "good" / "000.png"
+    edited.write_bytes((path / "train" / "good" / "001.png").read_bytes())  # the user's own image, our file name
+    with pytest.raises(FolderNotOwnedError, match="was changed after") as info:
+        build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})
+    assert str(edited) in _one_line(info.value)
+    assert edited.read_bytes() == (path / "train" / "good" / "001.png").read_bytes()
+    assert (path / "train" / "good" / "002.png").is_file()  # nothing deleted
 
 
 def test_write_mvtec_folder_refuses_without_overwrite(tmp_path: Path) -> None:
@@ -310,6 +326,23 @@ def test_pixelrefine_command_sets_the_allocator_for_itself_and_its_children() ->
     assert out.stdout.split() == ["True", "2", "1048576"]  # mallopt accepted both settings in the running process
 
 
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="glibc allocator settings")
+def test_plain_import_sets_the_allocator_unless_the_user_chose() -> None:
+    import subprocess
+    import sys
+
+    # configure_allocator() is idempotent: True = this process runs with the settings (applied at import).
+    script = "import anomalib_pixelrefine\nfrom anomalib_pixelrefine.allocator import configure_allocator\n"
+    script += f"print(configure_allocator())\n{_CHILD}"
+    for env, expected in [
+        (_clean_env(), ["True", "2", "1048576"]),
+        (_clean_env(PIXELREFINE_KEEP_MALLOC="1"), ["False", "None", "None"]),
+        (_clean_env(MALLOC_MMAP_THRESHOLD_="65536"), ["False", "None", "65536"]),
+    ]:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.split() == expected
+
+
 def test_demo_command_refuses_a_user_folder_in_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -325,3 +358,172 @@ def test_demo_command_refuses_a_user_folder_in_one_line(tmp_path: Path) -> None:
     assert last.startswith(f"pixelrefine: error: Refusing to write into {tmp_path / 'brick'}")
     assert "Traceback" not in out.stderr
     assert user_file.read_bytes() == b"user data"
+
+
+# ------------------------------------------------------------------- issue 29, items 3-4: image formats and depths
+def _tiny_folder(root: Path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 3, 32, 32, generator=generator)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:16, 8:16] = 1
+    return write_mvtec_folder(root, "cat", images[:8], images[8:10], {"bad": (images[10:], masks)})
+
+
+def _convert(files: list[Path], suffix: str) -> list[Path]:
+    from PIL import Image
+
+    converted = []
+    for file in files:
+        with Image.open(file) as image:
+            image.convert("RGB").save(file.with_suffix(suffix))
+        file.unlink()
+        converted.append(file.with_suffix(suffix))
+    return converted
+
+
+@pytest.mark.parametrize(("suffix", "share"), [(".jpg", 4), (".JPG", 4), (".jpeg", 8), (".bmp", 4), (".tiff", 8)])
+def test_jpeg_bmp_tiff_training_images_are_loaded_like_png(tmp_path: Path, suffix: str, share: int) -> None:
+    from anomalib_pixelrefine.data import default_datamodule
+
+    path = _tiny_folder(tmp_path)
+    converted = _convert(sorted((path / "train" / "good").iterdir())[-share:], suffix)
+    converted += _convert([path / "test" / "bad" / "001.png"], suffix)  # its mask stays a PNG
+    assert validate_mvtec_folder(path)["train/good"] == 8
+    datamodule = default_datamodule(path, train_batch_size=4, eval_batch_size=2, seed=0)
+    datamodule.setup()
+    train = list(datamodule.train_data.samples.image_path)
+    held_back = [p for p in datamodule.val_data.samples.image_path if "/train/good/" in p]
+    assert len(train) + len(held_back) == 8  # none dropped
+    loaded = set(train) | set(held_back) | set(datamodule.test_data.samples.image_path)
+    assert {str(p) for p in converted} <= loaded
+    test = datamodule.test_data.samples
+    assert test[test.image_path.str.endswith(f"001{suffix}")].mask_path.iloc[0].endswith("001_mask.png")
+    sample = datamodule.train_data[0]
+    assert sample.image.shape == (3, 32, 32)
+
+
+def test_16_bit_images_are_refused_by_name_and_16_bit_masks_accepted(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path = _tiny_folder(tmp_path)
+    mask = path / "ground_truth" / "bad" / "000_mask.png"
+    Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint16) * 65535).save(mask)
+    assert Image.open(mask).mode == "I;16"
+    validate_mvtec_folder(path)  # masks are read as "> 0": any depth is exact
+    image = path / "train" / "good" / "003.png"
+    deep = (np.asarray(Image.open(image).convert("L")).astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(image)
+    with pytest.raises(InvalidDatasetError, match="16-bit pixels") as info:
+        validate_mvtec_folder(path)
+    assert str(image) in _one_line(info.value)
+
+
+def test_demo_refuses_a_results_dir_holding_a_users_results_before_any_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from anomalib_pixelrefine.benchmark.pipeline import OutputDirError
+    from anomalib_pixelrefine.demo import run_demo
+
+    user_file = tmp_path / "results" / "results.csv"
+    user_file.parent.mkdir()
+    user_file.write_text("my numbers")
+    with pytest.raises(OutputDirError, match="did not write") as info:
+        run_demo(root=str(tmp_path / "data"), results_dir=str(user_file.parent), categories=["brick"])
+    assert str(user_file) in _one_line(info.value)
+    assert not (tmp_path / "data").exists()  # refused before the data were built
+    script = "from anomalib_pixelrefine.cli import main; main()"
+    args = ["demo", "--root", str(tmp_path / "data"), "--results_dir", str(user_file.parent), "--model", "Padim"]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=_clean_env())
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip().splitlines()[-1].startswith(f"pixelrefine: error: Refusing to write into {user_file.parent}")
+    )
+    assert "Traceback" not in out.stderr
+    assert user_file.read_text() == "my numbers"
+
+
+# ------------------------------------------------------------------- issue 29, item 9: refusals at once, in one line
+def test_graph_export_of_a_refining_host_is_refused_before_tracing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from anomalib.models import Padim
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_pixelrefine import F2PAD
+    from anomalib_pixelrefine.post_processing.base import EXPORT_MESSAGE, ExportRefusedError
+
+    model = Padim(backbone="resnet18", pre_trained=False, post_processor=F2PAD())
+    for method in ("to_onnx", "to_openvino"):
+        with pytest.raises(ExportRefusedError) as info:
+            getattr(model, method)(tmp_path / method)
+        assert _one_line(info.value) == EXPORT_MESSAGE.format(name="F2PAD")
+        assert not (tmp_path / method).exists()  # refused before anything was written or traced
+    model.post_processor = PostProcessor()  # the host alone passes the guard (and reaches anomalib's export)
+    with pytest.raises(RuntimeError) as info:
+        model.to_onnx(tmp_path / "host", input_size=(32, 32))  # unfitted PaDiM: anomalib's own error
+    assert not isinstance(info.value, ExportRefusedError)
+    script = "from anomalib_pixelrefine.cli import main; main()"
+    args = ["export", "--model", "Padim", "--model.backbone", "resnet18", "--model.pre_trained", "false"]
+    args += ["--post_processor", "f2pad", "--export_type", "openvino", "--export_root", str(tmp_path / "cli")]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=_clean_env())
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "pixelrefine: error: " + EXPORT_MESSAGE.format(name="F2PAD")
+    assert "Traceback" not in out.stderr
+
+
+def test_f2pad_optimising_through_a_host_without_scorer_is_refused_at_construction() -> None:
+    from anomalib.models import Fastflow
+
+    from anomalib_pixelrefine import F2PAD
+    from anomalib_pixelrefine.post_processing.scorers import NoScorerError
+
+    with pytest.raises(NoScorerError, match=r"No differentiable F2PAD scorer .* 'FastflowModel'") as info:
+        Fastflow(backbone="resnet18", pre_trained=False, post_processor=F2PAD(max_iters=5))
+    assert "max_iters=0" in _one_line(info.value)
+    Fastflow(backbone="resnet18", pre_trained=False, post_processor=F2PAD())  # max_iters=0 needs no scorer
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("num_exemplars", 10**9), ("num_candidates", 10**9), ("prior_pixels", 10**12), ("ks", 10**6)]
+)
+def test_absurd_f2pad_sizes_are_refused_at_construction(name: str, value: int) -> None:
+    from anomalib_pixelrefine import F2PAD
+    from anomalib_pixelrefine.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=f"F2PAD: {name} must be <= .* got {value}") as info:
+        F2PAD(**{name: value})
+    _one_line(info.value)
+
+
+def test_non_ascii_data_paths_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # anomalib's data loaders refuse every sample path outside printable ASCII (validate_path), after the fit.
+    root = tmp_path / "données"
+    with pytest.raises(InvalidDatasetError, match="printable ASCII") as info:
+        build_default_benchmark(root, **TINY)
+    assert "'é'" in _one_line(info.value)
+    assert not root.exists()
+    path = build_default_benchmark(tmp_path / "data", **TINY)["brick"]
+    defect = path / "test" / "crack"
+    defect.rename(path / "test" / "fissure_ü")
+    (path / "ground_truth" / "crack").rename(path / "ground_truth" / "fissure_ü")
+    with pytest.raises(InvalidDatasetError, match="printable ASCII") as info:
+        validate_mvtec_folder(path)
+    assert "fissure_ü" in _one_line(info.value)
+
+
+def test_folder_of_an_earlier_version_is_reused_but_never_deleted(tmp_path: Path) -> None:
+    import json
+
+    path = build_default_benchmark(tmp_path, **TINY)["brick"]
+    marker = path / ".pixelrefine_files.json"
+    names = sorted(json.loads(marker.read_text())["files"])
+    marker.write_text(json.dumps({"written_by": "anomalib-pixelrefine", "files": names}))  # names only, no hashes
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    assert build_default_benchmark(tmp_path, **TINY)["brick"] == path  # same parameters: reused (read only)
+    with pytest.raises(FolderNotOwnedError, match="earlier anomalib-pixelrefine version") as info:
+        build_default_benchmark(tmp_path, **{**TINY, "n_train": 2})
+    _one_line(info.value)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before

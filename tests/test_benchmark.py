@@ -220,6 +220,12 @@ def test_models_with_a_seed_argument_follow_the_job_seed() -> None:
     assert model_init_args(Padim, {"n_features": 10}, 3) == {"n_features": 10}  # no seed argument: unchanged
 
 
+def _in_process_config(out: Path, benchmark: dict, **extra: object) -> dict:
+    """A quiet run in this process at 32 px (no plots, table print or qualitative grid)."""
+    settings = {"isolation": "none", "image_size": 32, "qualitative_samples": 0, "plots": False, "print_table": False}
+    return {**settings, "output_dir": str(out), "benchmark": benchmark, **extra}
+
+
 def test_named_variants_and_seeds_on_the_embedded_data(tmp_path: Path) -> None:
     out = tmp_path / "out"
     padim = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]}
@@ -235,25 +241,18 @@ def test_named_variants_and_seeds_on_the_embedded_data(tmp_path: Path) -> None:
             "defects": ["cut_paste_color", "scratch"],
         },
     }
-    config = {
-        "isolation": "none",
-        "output_dir": str(out),
-        "image_size": 32,
-        "qualitative_samples": 0,
-        "plots": False,
-        "print_table": False,
-        "benchmark": {
-            "seed": {"grid": [0, 1]},
-            "model": {
-                "grid": [
-                    {"class_path": "Padim", "name": "Padim_d8", "init_args": {**padim, "n_features": 8}},
-                    {"class_path": "Padim", "name": "Padim_d32", "init_args": {**padim, "n_features": 32}},
-                ]
-            },
-            "data": data,
+    benchmark = {
+        "seed": {"grid": [0, 1]},
+        "model": {
+            "grid": [
+                {"class_path": "Padim", "name": "Padim_d8", "init_args": {**padim, "n_features": 8}},
+                {"class_path": "Padim", "name": "Padim_d32", "init_args": {**padim, "n_features": 32}},
+            ]
         },
-        "exclude": [{"model": "padim_d32", "seed": 1}],  # exclude rules match the names
+        "data": data,
     }
+    # exclude rules match the names
+    config = _in_process_config(out, benchmark, exclude=[{"model": "padim_d32", "seed": 1}])
     frame = run_benchmark(config)
     assert list(frame["status"]) == ["ok"] * 3, list(frame["reason"])
     assert sorted(frame["job_id"]) == [
@@ -392,3 +391,94 @@ def test_fresh_process_isolation_runs_each_job_in_its_own_process(tiny_mvtec_roo
     resumed = run_benchmark({**config, "resume": True}).set_index("job_id")
     assert resumed.loc[rows[0]["job_id"], "pid"] == rows[0]["pid"]  # kept, not run again
     assert resumed.loc[rows[1]["job_id"], "pid"] not in {row["pid"] for row in rows}  # run again
+
+
+# ---------------------------------------------------------------------------------- issue 29, item 5: the runner
+@pytest.mark.parametrize(
+    ("bench", "message"),
+    [
+        ({"model": {"class_path": "Padim", "init_arg": {}}}, "Unknown key 'init_arg' in 'benchmark.model' entry"),
+        ({"model": {"class_path": "Padim", "init_args": {"backbon": "resnet18"}}}, "Unknown key 'backbon'"),
+        ({"model": "NoSuchModel"}, "Unknown model 'NoSuchModel'"),
+        ({"model": {"class_path": "Padim", "engine": {"max_epoch": 1}}}, "Unknown key 'max_epoch'"),
+        ({"engine": {"max_epoch": 1}}, "Unknown key 'max_epoch' in 'benchmark.engine'"),
+        ({"post_processor": {"class_path": "f2pad", "init_args": {"max_iter": 5}}}, "Unknown key 'max_iter'"),
+        ({"post_processor": {"grid": ["default", "nosuch"]}}, "Unknown post-processor 'nosuch'"),
+        ({"data": {"class_path": "default", "init_args": {"categroy": "brick"}}}, "Unknown key 'categroy'"),
+        ({"data": {"class_path": "MVTecAD", "init_args": {"catgory": "x"}}}, "Unknown key 'catgory'"),
+        ({"data": "NoSuchData"}, "Unknown data set 'NoSuchData'"),
+        (
+            {"model": {"class_path": "FeatureEnsemble", "init_args": {"members": [{"backbone": "x", "layer": ["a"]}]}}},
+            "Unknown keys ['layer'] in backbone member",
+        ),
+    ],
+)
+def test_unknown_keys_and_names_are_refused_before_any_job(tmp_path: Path, bench: dict, message: str) -> None:
+    config = {"output_dir": str(tmp_path / "out"), "benchmark": {"model": PADIM, "data": "default", **bench}}
+    with pytest.raises(BenchmarkConfigError) as error:
+        run_benchmark(config)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def _tiny_config(root: Path, out: Path) -> dict:
+    return _in_process_config(out, {"seed": 0, "model": PADIM, "data": _mvtec(root)})
+
+
+def test_in_process_runs_keep_partial_rows_and_resume_skips_bad_lines(
+    tiny_mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _tiny_config(tiny_mvtec_root, tmp_path / "out")
+    frame = run_benchmark(config)
+    partial = tmp_path / "out" / "rows.partial.jsonl"
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]  # written with isolation "none" too
+    assert [row["job_id"] for row in rows] == list(frame["job_id"])
+    # A cut last line and garbage (e.g. a run killed while writing): skipped with a warning, the good row is kept.
+    partial.write_text("not json\n" + json.dumps(rows[0]) + "\n[1, 2]\n" + json.dumps(rows[0])[:40])
+    with caplog.at_level("WARNING"):
+        resumed = run_benchmark({**config, "resume": True})
+    assert "Skipped 3 line(s)" in caplog.text
+    assert resumed.loc[0, "job_s"] == rows[0]["job_s"]  # the kept row, not a new run
+
+
+def test_output_folder_is_locked_and_a_users_results_are_refused(tmp_path: Path) -> None:
+    from anomalib_pixelrefine.benchmark.pipeline import OutputDirError, claim_output_dir
+
+    with (
+        claim_output_dir(tmp_path / "out"),
+        pytest.raises(OutputDirError, match="Another pixelrefine run"),
+        claim_output_dir(tmp_path / "out"),
+    ):
+        pass
+    with claim_output_dir(tmp_path / "out"):  # released: ours, and free again
+        pass
+    user = tmp_path / "mine" / "results.csv"
+    user.parent.mkdir()
+    user.write_text("my numbers")
+    with pytest.raises(OutputDirError, match="did not write") as error, claim_output_dir(user.parent):
+        pass
+    assert str(user) in str(error.value)
+    assert user.read_text() == "my numbers"
+
+
+def test_cli_benchmark_exits_non_zero_in_one_line_when_a_job_fails_or_the_folder_is_locked(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from anomalib_pixelrefine.benchmark.pipeline import claim_output_dir
+
+    config = _tiny_config(tmp_path / "missing_root", tmp_path / "out")  # the data set does not exist: the job fails
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "anomalib_pixelrefine.cli", "benchmark", "--config", str(path)]
+    out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("pixelrefine benchmark: error: 1 job(s) failed")
+    assert (tmp_path / "out" / "results.csv").is_file()  # the results are still written
+    with claim_output_dir(tmp_path / "out"):
+        out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("pixelrefine benchmark: error: Another pixelrefine run")
+    assert "Traceback" not in out.stderr

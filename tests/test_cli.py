@@ -118,3 +118,27 @@ def test_shipped_configs_parse(config):
     result = _run(sys.executable, "-m", "anomalib_pixelrefine.cli", "train", "--config", str(config), "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"class_path: anomalib_pixelrefine(\.\w+)*\.\w+\n", result.stdout), result.stdout[-3000:]
+
+
+def test_demo_keeps_its_model_short_name_and_settings():
+    from anomalib_pixelrefine.cli import PixelRefineCLI, translate_model_args
+
+    args = ["demo", "--model", "Padim", "--pre_trained", "false"]
+    assert translate_model_args(args) == args  # the demo applies its own offline settings to the short name
+    assert translate_model_args(["train", "--model", "pni"])[-1].endswith(".Pni")
+    cli = PixelRefineCLI(args=args, run=False)
+    assert cli.config["demo"]["model"] == "Padim"
+    assert cli.config["demo"]["pre_trained"] is False
+
+
+def test_unknown_names_are_one_line_errors_without_a_traceback(tmp_path):
+    script = "from anomalib_pixelrefine.cli import main; main()"
+    for args, message in [
+        (["demo", "--model", "Nosuch", "--root", str(tmp_path / "data")], "Unknown demo model 'Nosuch'"),
+        (["fit", "--model", "Padim", "--post_processor", "nosuch"], "Unknown post-processor 'nosuch'"),
+    ]:
+        out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False)
+        assert out.returncode == 1
+        assert out.stderr.strip().splitlines()[-1].startswith(f"pixelrefine: error: {message}")
+        assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data").exists()  # refused before the demo built its data

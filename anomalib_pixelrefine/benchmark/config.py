@@ -36,12 +36,17 @@ a ``seed`` argument (``Pae``, ``Pni``) get the job's seed unless ``init_args`` s
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+
+from anomalib_pixelrefine.errors import PixelRefineError
 
 from .profiles import FULL_PROFILE, PROFILES, QUICK_PROFILE, REALISTIC_PROFILE, REALISTIC_REFINERS_PROFILE
 
@@ -75,7 +80,7 @@ _ISOLATION = {"process", "none"}
 _ACCELERATORS = {"cpu", "cuda"}
 
 
-class BenchmarkConfigError(ValueError):
+class BenchmarkConfigError(PixelRefineError, ValueError):
     """A benchmark configuration that cannot be run (the message names the offending key)."""
 
 
@@ -225,7 +230,135 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     config.setdefault("plots", True)
     config.setdefault("print_table", True)
     config.setdefault("resume", False)
+    _check_jobs(bench)
     return config
+
+
+# Keys of a grid entry (a model, post-processor or data set given as a mapping).
+_ENTRY_KEYS = {
+    "model": {"class_path", "init_args", "engine", "name"},
+    "post_processor": {"class_path", "init_args", "name"},
+    "data": {"class_path", "init_args"},
+}
+
+
+def _unknown(where: str, given: Any, accepted: set[str] | None) -> None:
+    """Raise naming the first key of ``given`` not in ``accepted`` (``None``: anything goes), with a suggestion."""
+    if not isinstance(given, dict):
+        msg = f"{where} must be a mapping, got {given!r}."
+        raise BenchmarkConfigError(msg)
+    unknown = sorted(set(given) - accepted) if accepted is not None else []
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), sorted(accepted or ()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; accepted: {sorted(accepted or ())}"
+        msg = f"Unknown key {unknown[0]!r} in {where}{hint}."
+        raise BenchmarkConfigError(msg)
+
+
+def _accepted_args(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the MRO; ``None`` if it cannot be told."""
+    import torch
+    from lightning.pytorch import LightningModule
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass in {object, torch.nn.Module, LightningModule}:  # their ``*args, **kwargs`` accept nothing more
+            return names
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names |= {p.name for p in params[1:] if p.kind in keyword}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def _engine_args() -> set[str]:
+    from anomalib.engine import Engine
+    from lightning.pytorch import Trainer
+
+    return (_accepted_args(Engine) or set()) | (_accepted_args(Trainer) or set())
+
+
+def _check_component(key: str, spec: Any, checked: set[str]) -> None:
+    """Check one model/post-processor/data entry: its keys, its class and its ``init_args`` names."""
+    from .job import (
+        DEFAULT_DATA,
+        DEFAULT_DATA_BUILD_KEYS,
+        DEFAULT_DATA_LOADER_KEYS,
+        ComponentUnavailableError,
+        resolve_model_class,
+    )
+
+    marker = f"{key}:{json.dumps(spec, sort_keys=True, default=str)}"
+    if marker in checked:
+        return
+    checked.add(marker)
+    entry = {"class_path": spec} if isinstance(spec, str) else spec
+    _unknown(f"'benchmark.{key}' entry {entry.get('class_path')!r}", entry, _ENTRY_KEYS[key])
+    class_path = str(entry["class_path"])
+    if key == "post_processor" and class_path.lower() == "default":
+        return
+    where = f"'benchmark.{key}' {class_path!r} init_args"
+    try:
+        if key == "model":
+            cls = resolve_model_class(class_path)
+        elif key == "post_processor":
+            from anomalib_pixelrefine import registry
+
+            cls = registry.post_processor_class(class_path)
+        elif class_path.lower() in DEFAULT_DATA:
+            accepted = {"category", *DEFAULT_DATA_BUILD_KEYS, *DEFAULT_DATA_LOADER_KEYS}
+            _unknown(where, entry.get("init_args") or {}, accepted)
+            return
+        else:
+            import anomalib.data
+
+            from anomalib_pixelrefine import registry
+
+            cls = registry.import_object(class_path) if "." in class_path else getattr(anomalib.data, class_path)
+    except (ComponentUnavailableError, ImportError):
+        return  # e.g. an optional dependency: the job reports it as skipped
+    except (ValueError, AttributeError) as error:
+        msg = f"'benchmark.{key}': {error}" if isinstance(error, ValueError) else f"Unknown data set {class_path!r}."
+        raise BenchmarkConfigError(msg) from None
+    _unknown(where, entry.get("init_args") or {}, _accepted_args(cls))
+    members = (entry.get("init_args") or {}).get("members")
+    if key == "model" and isinstance(members, list):  # FeatureEnsemble's members: one level deeper
+        from anomalib_pixelrefine.models.image.feature_ensemble.members import check_member_spec
+
+        for member in members:
+            try:
+                check_member_spec(member)
+            except ValueError as error:
+                raise BenchmarkConfigError(f"'benchmark.model' {class_path!r}: {error}") from None
+    if key == "model" and entry.get("engine") is not None:
+        _unknown(f"'benchmark.model' {class_path!r} engine", entry["engine"], _engine_args())
+
+
+def _check_jobs(bench: dict[str, Any]) -> None:
+    """Check every job's model, post-processor, data set and engine arguments before any job runs.
+
+    A typo (``init_arg``, an unknown argument or model name) would otherwise fail every job, one after another.
+    """
+    for key in ("model", "post_processor", "data"):  # before the expansion, which drops empty mappings
+        for value in _grid_values(bench[key]):
+            if isinstance(value, dict):
+                _unknown(f"'benchmark.{key}' entry {value.get('class_path')!r}", value, _ENTRY_KEYS[key])
+    checked: set[str] = set()
+    for container in expand_grid(bench):
+        for key in ("model", "post_processor", "data"):
+            _check_component(key, container[key], checked)
+        engine = container.get("engine") or {}
+        marker = f"engine:{json.dumps(engine, sort_keys=True, default=str)}"
+        if marker not in checked:
+            checked.add(marker)
+            _unknown("'benchmark.engine'", engine, _engine_args())
 
 
 def expand_grid(benchmark: dict[str, Any]) -> Iterator[dict[str, Any]]:

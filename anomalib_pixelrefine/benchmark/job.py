@@ -59,6 +59,9 @@ __all__ = [
 # Short names of this package's models (imported lazily: one that cannot be imported gives a skipped row).
 OUR_MODELS: dict[str, str] = registry.MODELS
 DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
+# ``init_args`` of the embedded data: ``category``, then ``build_default_benchmark``'s and ``default_datamodule``'s.
+DEFAULT_DATA_BUILD_KEYS = ("root", "image_size", "n_train", "n_test_good", "n_test_defect", "defects", "seed")
+DEFAULT_DATA_LOADER_KEYS = ("train_batch_size", "eval_batch_size", "num_workers", "val_split_mode", "val_split_ratio")
 
 # Result column -> (metric class path, fields, prefix). ``best_dice``/``best_iou`` pick the threshold in hindsight on
 # the test masks (the oracle); the deployed-threshold columns are ``dice``/``iou`` (pooled) and the per-image ones.
@@ -255,8 +258,7 @@ def build_default_data(init_args: dict[str, Any]) -> Path:
     if category == "elpv" and not elpv_available():
         msg = "category 'elpv' needs the optional elpv-dataset package (pip install anomalib-pixelrefine[elpv])."
         raise ComponentUnavailableError(msg)
-    build_keys = ("root", "image_size", "n_train", "n_test_good", "n_test_defect", "defects", "seed")
-    kwargs = {key: args[key] for key in build_keys if key in args}
+    kwargs = {key: args[key] for key in DEFAULT_DATA_BUILD_KEYS if key in args}
     kwargs.setdefault("root", "./datasets/pixelrefine")
     return build_default_benchmark(categories=[category], **kwargs)[category]
 
@@ -283,8 +285,8 @@ def build_datamodule(spec: str | dict[str, Any], seed: int) -> Any:
         from anomalib_pixelrefine.data import default_datamodule
 
         path = build_default_data(init_args)
-        loader_keys = ("train_batch_size", "eval_batch_size", "num_workers", "val_split_mode", "val_split_ratio")
-        return default_datamodule(path, seed=seed, **{key: init_args[key] for key in loader_keys if key in init_args})
+        loader_args = {key: init_args[key] for key in DEFAULT_DATA_LOADER_KEYS if key in init_args}
+        return default_datamodule(path, seed=seed, **loader_args)
     if "." in class_path:
         cls = _import_object(class_path)
     else:

@@ -31,6 +31,8 @@ from anomalib.pipelines.components.runners import ParallelRunner, SerialRunner
 from anomalib.pipelines.types import GATHERED_RESULTS, PREV_STAGE_RESULT
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
+from anomalib_pixelrefine.errors import PixelRefineError
+
 from .config import BenchmarkConfigError, expand_grid, load_config
 from .job import DEFAULT_DATA, PixelRefineBenchmarkJob, build_default_data, data_name
 from .profiles import PROFILES
@@ -39,8 +41,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FreshProcessRunner",
+    "InProcessRunner",
+    "OutputDirError",
     "PixelRefineBenchmark",
     "PixelRefineBenchmarkJobGenerator",
+    "check_output_dir",
+    "claim_output_dir",
+    "failure_summary",
     "pixelrefine_pipelines",
     "report_partial",
     "run_benchmark",
@@ -136,29 +143,119 @@ class PixelRefineBenchmarkJobGenerator(JobGenerator):
         )
 
 
-class FreshProcessRunner(ParallelRunner):
-    """anomalib's ``ParallelRunner`` with a new (spawned) process for every job.
+PARTIAL_ROWS = "rows.partial.jsonl"
+
+
+def read_partial_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``rows.partial.jsonl`` file; lines that are not a result row (cut, garbage) are skipped with a warning.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The rows, in file order.
+    """
+    import json
+
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("job_id"), str):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        logger.warning(
+            "Skipped %d line(s) of %s that are not result rows (line %s); their jobs run again.",
+            len(bad),
+            path,
+            ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""),
+        )
+    return rows
+
+
+class PartialRowsMixin:
+    """Runner mixin: each finished row is appended to ``<output_dir>/rows.partial.jsonl`` at once.
+
+    A run that is stopped keeps what it measured; with ``resume: true`` the jobs already there (status ``ok``) are not
+    run again.
+    """
+
+    generator: Any
+
+    def _start_partial(self) -> dict[str, dict[str, Any]]:
+        """Set the partial file up; return the rows of an earlier, unfinished run to resume (``{job_id: row}``)."""
+        settings = getattr(self.generator, "settings", {})
+        self._partial = Path(settings["output_dir"]) / PARTIAL_ROWS if settings.get("output_dir") else None
+        if not settings.get("resume") or self._partial is None or not self._partial.is_file():
+            return {}
+        return {row["job_id"]: row for row in read_partial_rows(self._partial) if row.get("status") == "ok"}
+
+    def _append_rows(self, rows: list[dict[str, Any]]) -> None:
+        if self._partial is None or not rows:
+            return
+        import json
+
+        self._partial.parent.mkdir(parents=True, exist_ok=True)
+        with self._partial.open("a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, default=str) + "\n")
+
+
+class InProcessRunner(PartialRowsMixin, SerialRunner):
+    """anomalib's ``SerialRunner`` (jobs one after another in this process) with partial rows and ``resume``."""
+
+    def run(self, args: dict, prev_stage_results: PREV_STAGE_RESULT = None) -> GATHERED_RESULTS:
+        """Run the jobs here, append each row to the partial file, collect and save the results."""
+        done = self._start_partial()
+        self.failures = False
+        results = list(done.values())
+        for job in self.generator(args, prev_stage_results):
+            if job.job_id in done:
+                logger.info("Resumed from %s: %s", self._partial, job.job_id)
+                continue
+            row = job.run()  # a job catches its own errors: the row carries status and reason
+            results.append(row)
+            self._append_rows([row])
+        gathered = self.generator.job_class.collect(results)
+        self.generator.job_class.save(gathered)
+        return gathered
+
+
+class FreshProcessRunner(PartialRowsMixin, ParallelRunner):
+    """anomalib's ``ParallelRunner`` with a new (spawned) process for every job, partial rows and ``resume``.
 
     Each worker exits after one job (``max_tasks_per_child=1``, Python >= 3.11), so the peak memory of the job is
-    not mixed with that of the previous ones. With ``n_jobs`` workers, jobs run ``n_jobs`` at a time. On Python 3.10
-    workers are reused (the memory method then reads as a high-water mark per worker).
+    not mixed with that of the previous ones (``fresh=False``: workers are reused, as anomalib's runner does). With
+    ``n_jobs`` workers, jobs run ``n_jobs`` at a time. On Python 3.10 workers are reused (the memory method then
+    reads as a high-water mark per worker).
+
+    Args:
+        generator: The job generator.
+        n_jobs: Worker processes.
+        fresh: A new process for every job.
     """
+
+    def __init__(self, generator: JobGenerator, n_jobs: int, fresh: bool = True) -> None:
+        super().__init__(generator, n_jobs=n_jobs)
+        self.fresh = fresh
 
     def run(self, args: dict, prev_stage_results: PREV_STAGE_RESULT = None) -> GATHERED_RESULTS:
         """Run the jobs, collect and save their results.
 
-        Every finished row is appended to ``<output_dir>/rows.partial.jsonl`` at once, so a run that is stopped keeps
-        what it measured; with ``resume: true`` the jobs already there (status ``ok``) are not run again. A worker
-        that dies (killed, out of memory) loses its own job only: the pool is rebuilt for the next ones.
+        A worker that dies (killed, out of memory) loses its own job only: the pool is rebuilt for the next ones.
         """
         self.processes = dict.fromkeys(range(self.n_jobs))
         self.results = []
-        settings = getattr(self.generator, "settings", {})
-        self._partial = Path(settings["output_dir"]) / "rows.partial.jsonl" if settings.get("output_dir") else None
-        done = self._resumed_rows() if settings.get("resume") else {}
+        done = self._start_partial()
         self.results.extend(done.values())
         kwargs: dict[str, Any] = {"max_workers": self.n_jobs, "mp_context": multiprocessing.get_context("spawn")}
-        if sys.version_info >= (3, 11):
+        if self.fresh and sys.version_info >= (3, 11):
             kwargs["max_tasks_per_child"] = 1
         executor = ProcessPoolExecutor(**kwargs)
         try:
@@ -183,6 +280,7 @@ class FreshProcessRunner(ParallelRunner):
         if self.failures:  # jobs catch their own errors, so this is a crashed worker (e.g. killed for memory)
             logger.error("At least one benchmark worker process died; its job is missing from the results.")
         gathered = self.generator.job_class.collect(self.results)
+        gathered.attrs["worker_died"] = bool(self.failures)
         self.generator.job_class.save(gathered)
         return gathered
 
@@ -190,22 +288,7 @@ class FreshProcessRunner(ParallelRunner):
         """Wait for finished workers (anomalib's), then append their rows to the partial results file."""
         count = len(self.results)
         super()._await_cleanup_processes(blocking=blocking)
-        if self._partial is not None and len(self.results) > count:
-            import json
-
-            self._partial.parent.mkdir(parents=True, exist_ok=True)
-            with self._partial.open("a") as handle:
-                for row in self.results[count:]:
-                    handle.write(json.dumps(row, default=str) + "\n")
-
-    def _resumed_rows(self) -> dict[str, dict[str, Any]]:
-        """Rows with status ``ok`` of an earlier, unfinished run of the same output folder."""
-        import json
-
-        if self._partial is None or not self._partial.is_file():
-            return {}
-        rows = [json.loads(line) for line in self._partial.read_text().splitlines() if line.strip()]
-        return {row["job_id"]: row for row in rows if row.get("status") == "ok"}
+        self._append_rows(self.results[count:])
 
 
 class PixelRefineBenchmark(Benchmark):
@@ -249,12 +332,10 @@ class PixelRefineBenchmark(Benchmark):
                     raise BenchmarkConfigError(msg)
                 n_jobs = max(n_jobs, torch.cuda.device_count())
             generator = PixelRefineBenchmarkJobGenerator(accelerator, {**args, "n_jobs": n_jobs})
-            if args["isolation"] == "process":
-                runners.append(FreshProcessRunner(generator, n_jobs=n_jobs))
-            elif n_jobs > 1:
-                runners.append(ParallelRunner(generator, n_jobs=n_jobs))
+            if args["isolation"] == "process" or n_jobs > 1:
+                runners.append(FreshProcessRunner(generator, n_jobs=n_jobs, fresh=args["isolation"] == "process"))
             else:
-                runners.append(SerialRunner(generator))
+                runners.append(InProcessRunner(generator))
         return runners
 
     def run(self, args: Namespace | dict | None = None, config: str | dict | None = None) -> Any:
@@ -285,11 +366,116 @@ class PixelRefineBenchmark(Benchmark):
             "isolation": pipeline_args["isolation"],
             "config": {key: value for key, value in pipeline_args.items()},
         }
-        result = None
-        for runner in self._setup_runners(pipeline_args):
-            runner.generator.settings.update(metadata=metadata, started=start)  # type: ignore[attr-defined]
-            result = runner.run(pipeline_args["benchmark"])
+        result, failures = None, []
+        try:
+            with claim_output_dir(pipeline_args["output_dir"]):
+                for runner in self._setup_runners(pipeline_args):
+                    runner.generator.settings.update(metadata=metadata, started=start)  # type: ignore[attr-defined]
+                    result = runner.run(pipeline_args["benchmark"])
+                    failures.append(failure_summary(result))
+        except PixelRefineError as error:
+            if isinstance(args, Namespace):
+                raise SystemExit(f"pixelrefine benchmark: error: {error}") from None
+            raise
+        summary = "; ".join(failure for failure in failures if failure)
+        if isinstance(args, Namespace) and summary:  # command line: any failed job is a failed run
+            raise SystemExit(f"pixelrefine benchmark: error: {summary}; results in {pipeline_args['output_dir']}")
         return result
+
+
+def failure_summary(frame: Any) -> str:
+    """One line naming the failed jobs of a results frame and a worker process that died; ``""`` when all ran.
+
+    Skipped jobs (a component that is not installed) do not count as failures.
+    """
+    if frame is None:
+        return ""
+    parts = []
+    failed = frame[frame["status"] == "failed"] if "status" in frame else frame.iloc[:0]
+    if len(failed):
+        first = failed.iloc[0]
+        parts.append(
+            f"{len(failed)} job(s) failed ({first.job_id}: {first.reason}{'; ...' if len(failed) > 1 else ''})"
+        )
+    if frame.attrs.get("worker_died"):
+        parts.append("a worker process died (its job is missing)")
+    return ", and ".join(parts)
+
+
+# Files and folders a run writes into its output folder (overwritten on the next run of the same folder).
+OUTPUT_NAMES = ("results.csv", "results.json", "results.md", "per_image.csv", PARTIAL_ROWS, "plots", "qualitative")
+OUTPUT_MARKER = ".pixelrefine_output"
+OUTPUT_MARKER_TEXT = "anomalib-pixelrefine output folder: its result files are rewritten by the next run.\n"
+
+
+class OutputDirError(PixelRefineError, FileExistsError):
+    """The output folder holds files this package did not write, or another run is writing to it."""
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Refuse an output folder that holds a file of :data:`OUTPUT_NAMES` without this package's marker.
+
+    Args:
+        output_dir: The run's output folder (it need not exist).
+
+    Returns:
+        The folder as a ``Path``.
+
+    Raises:
+        OutputDirError: Naming the first file a run would overwrite.
+    """
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        msg = f"Output folder {folder} exists and is not a folder; choose another output folder."
+        raise OutputDirError(msg)
+    if not (folder / OUTPUT_MARKER).is_file():
+        foreign = [folder / name for name in OUTPUT_NAMES if (folder / name).exists()]
+        if foreign:
+            msg = (
+                f"Refusing to write into {folder}: it holds {foreign[0]}, which anomalib-pixelrefine did not write "
+                f"(no {OUTPUT_MARKER}); choose another output folder or move the file away."
+            )
+            raise OutputDirError(msg)
+    return folder
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: str | Path) -> Iterator[Path]:
+    """Claim ``output_dir`` for one run: refuse a folder that is not ours, and lock it against a concurrent run.
+
+    A folder is ours when it holds the marker ``.pixelrefine_output`` (written the first time a run uses it). A folder
+    without the marker that already holds a file of :data:`OUTPUT_NAMES` (e.g. a user's ``results.csv``) is refused
+    before any job runs, so nothing of the user's is overwritten. The marker is locked (``flock``) for the whole
+    run; a second run into the same folder is refused at once. The lock is released when the process ends.
+
+    Args:
+        output_dir: The run's output folder.
+
+    Yields:
+        The folder.
+
+    Raises:
+        OutputDirError: If the folder is not ours or is locked by another run.
+    """
+    import fcntl
+
+    folder = check_output_dir(output_dir)
+    marker = folder / OUTPUT_MARKER
+    folder.mkdir(parents=True, exist_ok=True)
+    with marker.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            msg = f"Another pixelrefine run is writing to {folder}; wait for it to finish or choose another folder."
+            raise OutputDirError(msg) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(OUTPUT_MARKER_TEXT)  # constant: a committed results folder stays unchanged in git
+        handle.flush()
+        try:
+            yield folder
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -329,27 +515,23 @@ def report_partial(output_dir: str | Path, extra_dirs: list[str | Path] | None =
     Returns:
         The results DataFrame.
     """
-    import json
-
     from .report import write_results
 
     rows: dict[str, dict[str, Any]] = {}
     for folder in [output_dir, *(extra_dirs or [])]:
-        partial = Path(folder) / "rows.partial.jsonl"
+        partial = Path(folder) / PARTIAL_ROWS
         if not partial.is_file():
             msg = f"No partial results in {folder} (expected {partial})."
             raise FileNotFoundError(msg)
-        for line in partial.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["job_id"]] = row
+        rows.update({row["job_id"]: row for row in read_partial_rows(partial)})
     frame = PixelRefineBenchmarkJob.collect(list(rows.values()))
     metadata = {
         "command": shlex.join(sys.argv),
         "source": ", ".join(str(Path(folder) / "rows.partial.jsonl") for folder in [output_dir, *(extra_dirs or [])]),
         "load_average_end": _load_average(),
     }
-    write_results(frame, output_dir, metadata)
+    with claim_output_dir(output_dir):
+        write_results(frame, output_dir, metadata)
     return frame
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
+
+from anomalib_pixelrefine.errors import PixelRefineError
 
 from .generators import defect_generator
 from .generators import to_uint8 as _to_uint8
@@ -73,75 +75,106 @@ _MANIFEST_VERSION = 2
 ImageLike = torch.Tensor | np.ndarray
 
 
-class InvalidDatasetError(ValueError):
+class InvalidDatasetError(PixelRefineError, ValueError):
     """An MVTec-style folder is missing parts or holds invalid files; the message names the path."""
 
 
 # --------------------------------------------------------------------------------------------------------- writing
-def _write_images(folder: Path, images: Sequence[ImageLike], suffix: str = "", is_mask: bool = False) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        Image.fromarray(_to_uint8(image, is_mask)).save(folder / f"{index:03d}{suffix}.png")
+def _png_bytes(image: ImageLike, is_mask: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_to_uint8(image, is_mask)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-# Ownership marker: the files this package wrote into a category folder. Only a folder holding it (or the manifest of
-# a build from before the marker existed) is ever rebuilt, and only the files listed in it are ever deleted.
+# Ownership marker: every file this package wrote into a category folder, with the SHA-256 of its content. Only a
+# folder holding it is ever rebuilt, and only the files listed in it whose content is unchanged are ever deleted.
 _MARKER = ".pixelrefine_files.json"
 _MARKER_TAG = "anomalib-pixelrefine"
-# Names this package writes in the MVTec layout (used to recognise folders built before the marker existed).
-_OWN_NAME = re.compile(r"^(train/good|test/[^/]+)/\d{3}\.png$|^ground_truth/[^/]+/\d{3}_mask\.png$")
 
 
-class FolderNotOwnedError(FileExistsError):
+class FolderNotOwnedError(PixelRefineError, FileExistsError):
     """The target folder exists and holds files this package did not write; nothing was deleted."""
 
 
-def _owned_files(path: Path) -> set[str] | None:
-    """Files (relative POSIX paths) this package wrote into ``path``; ``None`` if the folder is not ours."""
-    marker = path / _MARKER
-    if marker.is_file():
-        try:
-            data = json.loads(marker.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG and isinstance(data.get("files"), list):
-            return {str(name) for name in data["files"]} | {_MARKER, _MANIFEST}
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _marker_files(path: Path) -> Any:
+    """The ``files`` entry of the folder's marker (``None`` without a marker of this package)."""
+    try:
+        data = json.loads((path / _MARKER).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    manifest = path / _MANIFEST
-    if manifest.is_file():  # a build from before the marker existed: our file names only
-        try:
-            data = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if isinstance(data, dict) and data.get("category") == path.name and "version" in data:
-            files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-            return {name for name in files if _OWN_NAME.match(name)} | {_MANIFEST}
-    return None
+    return data.get("files") if isinstance(data, dict) and data.get("written_by") == _MARKER_TAG else None
+
+
+def _owned_files(path: Path) -> dict[str, str] | None:
+    """``{relative POSIX path: SHA-256}`` of the files this package wrote into ``path``; ``None`` if it is not ours.
+
+    Only the marker with content hashes counts: a ``manifest.json`` alone (the format of versions before the marker)
+    and a marker of names only (earlier versions) grant nothing, since a user may have put or changed files there.
+    """
+    files = _marker_files(path)
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None
+    return {str(name): digest for name, digest in files.items()}
+
+
+def _write_owned_files(path: Path, files: dict[str, bytes]) -> None:
+    """Record ``files`` (relative name -> content) in the marker of ``path``, then write them.
+
+    The marker is written first, so the files of an interrupted write are known (a cut file fails its hash and is
+    refused, never silently deleted).
+    """
+    owned = _owned_files(path) or {}
+    owned.update({name: _sha256(data) for name, data in files.items()})
+    path.mkdir(parents=True, exist_ok=True)
+    (path / _MARKER).write_text(json.dumps({"written_by": _MARKER_TAG, "files": owned}, indent=1))
+    for name, data in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
 
 
 def _clear_owned_folder(path: Path) -> None:
     """Delete the files this package wrote into ``path`` (refusing if any other file is there), then empty folders.
 
     Raises:
-        FolderNotOwnedError: If ``path`` is not ours or holds a file we did not write (nothing is deleted then).
+        FolderNotOwnedError: If ``path`` is not ours or holds a file we did not write or whose content changed since
+            (nothing is deleted then).
     """
     present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink())
     if not present and not any(path.iterdir()):
         return  # an empty folder: nothing to lose
     owned = _owned_files(path)
+    if owned is None and isinstance(_marker_files(path), list):
+        msg = (
+            f"Refusing to rebuild {path}: it was written by an earlier anomalib-pixelrefine version, whose {_MARKER} "
+            "records no content hashes (files may have changed since); remove the folder yourself to rebuild it."
+        )
+        raise FolderNotOwnedError(msg)
     if owned is None:
         msg = (
             f"Refusing to write into {path}: the folder exists and was not created by anomalib-pixelrefine "
-            f"(no {_MARKER}); choose another root or remove it yourself."
+            f"(no {_MARKER} with content hashes); choose another root or remove it yourself."
         )
         raise FolderNotOwnedError(msg)
-    foreign = [name for name in present if name not in owned]
-    if foreign:
-        msg = (
-            f"Refusing to rebuild {path}: it holds {len(foreign)} file(s) anomalib-pixelrefine did not write, "
-            f"e.g. {path / foreign[0]}; move them away or choose another root."
-        )
-        raise FolderNotOwnedError(msg)
+    for name in present:
+        if name == _MARKER:
+            continue
+        file = path / name
+        if name not in owned or file.is_symlink():
+            msg = (
+                f"Refusing to rebuild {path}: it holds file(s) anomalib-pixelrefine did not write, e.g. {file}; "
+                "move them away or choose another root."
+            )
+            raise FolderNotOwnedError(msg)
+        if _sha256(file.read_bytes()) != owned[name]:
+            msg = (
+                f"Refusing to rebuild {path}: {file} was changed after anomalib-pixelrefine wrote it; "
+                "move it away or choose another root."
+            )
+            raise FolderNotOwnedError(msg)
     for name in present:
         (path / name).unlink()
     # Remove the then empty sub-folders, deepest first (rmdir never removes a non-empty folder).
@@ -160,10 +193,10 @@ def write_mvtec_folder(
 ) -> Path:
     """Write one category in MVTec AD layout as PNG files.
 
-    Nothing this function did not write is ever deleted or overwritten: the files it writes are listed in the
-    folder's marker file ``.pixelrefine_files.json``. An existing category folder is rebuilt only if it holds that
-    marker (or the manifest of an earlier :func:`build_default_benchmark`) and no other file; then only the listed
-    files are deleted. Any other non-empty folder is refused.
+    Nothing this function did not write is ever deleted or overwritten: the files it writes are listed with the
+    SHA-256 of their content in the folder's marker file ``.pixelrefine_files.json``. An existing category folder is
+    rebuilt only if it holds that marker and no other file, and every listed file is unchanged; then those files are
+    deleted. Any other non-empty folder is refused (a ``manifest.json`` alone does not make a folder ours).
 
     Args:
         root: Dataset root.
@@ -213,26 +246,44 @@ def write_mvtec_folder(
         splits[f"test/{name}"] = (images, "")
         if masks is not None:
             splits[f"ground_truth/{name}"] = (masks, "_mask")
-    # The marker lists every file before any is written, so an interrupted write can still be rebuilt.
-    files = [f"{split}/{i:03d}{suffix}.png" for split, (items, suffix) in splits.items() for i in range(len(items))]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / _MARKER).write_text(json.dumps({"written_by": _MARKER_TAG, "files": files}, indent=1))
-    _write_images(path / "train" / "good", train_images)
-    _write_images(path / "test" / "good", test_good_images)
-    for name, (images, masks) in defect_images.items():
-        _write_images(path / "test" / name, images)
-        if masks is not None:
-            _write_images(path / "ground_truth" / name, masks, suffix="_mask", is_mask=True)
+    files = {
+        f"{split}/{index:03d}{suffix}.png": _png_bytes(image, is_mask=bool(suffix))
+        for split, (items, suffix) in splits.items()
+        for index, image in enumerate(items)
+    }
+    _write_owned_files(path, files)
     return path
 
 
 # ------------------------------------------------------------------------------------------------------ validation
+def _check_path(path: Path) -> None:
+    """Refuse a path anomalib's data loaders refuse (``validate_path``: printable ASCII only, <= 512 characters).
+
+    anomalib checks every image's absolute path when it loads a sample, i.e. only after the model was built and,
+    for the test images, after the whole fit.
+    """
+    from anomalib.data.utils.path import contains_non_printable_characters, is_path_too_long
+
+    absolute = path.resolve()
+    if contains_non_printable_characters(absolute):
+        bad = sorted({char for char in str(absolute) if not " " <= char <= "~"})
+        msg = (
+            f"Path {absolute} contains the character(s) {''.join(bad)!r}: anomalib's data loaders accept printable "
+            "ASCII paths only; rename the folder or file, or move the data set."
+        )
+        raise InvalidDatasetError(msg)
+    if is_path_too_long(absolute):
+        msg = f"Path {absolute} is longer than the 512 characters anomalib's data loaders accept."
+        raise InvalidDatasetError(msg)
+
+
 def _image_files(folder: Path) -> list[Path]:
-    """Image files of ``folder``; raises on sub-folders and non-image files (hidden files are ignored)."""
+    """Image files of ``folder`` (hidden ones skipped); raises on sub-folders, other files, paths anomalib refuses."""
     files = []
     for item in sorted(folder.iterdir()):
         if item.name.startswith("."):
             continue
+        _check_path(item)
         if item.is_dir():
             msg = f"Unexpected sub-folder {item} (MVTec layout has images directly in {folder})."
             raise InvalidDatasetError(msg)
@@ -244,26 +295,36 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 # Files already decoded in this process, keyed by (path, size, mtime): a rebuilt or edited file is decoded again.
-_DECODED: dict[tuple[str, int, int], tuple[int, int]] = {}
+_DECODED: dict[tuple[str, int, int], tuple[tuple[int, int], str]] = {}
+# PIL modes of more than 8 bits per channel: anomalib's ``read_image`` (``convert("RGB")``) clips them to 255, so a
+# 16-bit image would be scored as a nearly white one. Masks are read as ``> 0`` and are fine in any mode.
+_HIGH_BIT_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer"}
+_HIGH_BIT_MODES["F"] = "32-bit float"
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path, is_mask: bool = False) -> tuple[int, int]:
     """``(width, height)`` of a fully decoded image; raises naming the file if it cannot be decoded (e.g. truncated).
 
     Reading only the header would accept a truncated PNG that fails later, inside a data loader, without its name.
+    Images (not masks) of more than 8 bits per channel are refused: anomalib would clip them to 255.
     """
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _DECODED:
-        return _DECODED[key]
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes every pixel: truncated or corrupt data raise here
-            size = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        msg = f"Cannot read image {path}: {error}"
-        raise InvalidDatasetError(msg) from error
-    _DECODED[key] = size
+    if key not in _DECODED:
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes every pixel: truncated or corrupt data raise here
+                _DECODED[key] = (image.size, image.mode)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+            msg = f"Cannot read image {path}: {error}"
+            raise InvalidDatasetError(msg) from error
+    size, mode = _DECODED[key]
+    if not is_mask and mode in _HIGH_BIT_MODES:
+        msg = (
+            f"Image {path} has {_HIGH_BIT_MODES[mode]} pixels (PIL mode {mode}); anomalib reads 8-bit images and "
+            "would clip it to white: convert the images to 8 bits per channel."
+        )
+        raise InvalidDatasetError(msg)
     return size
 
 
@@ -274,7 +335,8 @@ def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[
     only images that decode completely (a truncated file is named here, not later inside a data loader; files already
     decoded unchanged in this process are not decoded again); every ``test/<defect>`` has a ``ground_truth/<defect>``
     folder with exactly one mask per image (``<name>_mask.png`` or ``<name>.png``) of the same size; no mask lacks
-    its image.
+    its image. Images may be PNG, JPEG, BMP, TIFF or WebP (any case; :func:`default_datamodule` loads them all, where
+    anomalib's ``MVTecAD`` reads PNG only); images of more than 8 bits per channel (16-bit PNG/TIFF) are refused.
 
     Args:
         path: The category folder (e.g. ``datasets/pixelrefine/brick``).
@@ -291,6 +353,7 @@ def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[
     if not root.is_dir():
         msg = f"Dataset folder {root} does not exist or is not a folder."
         raise InvalidDatasetError(msg)
+    _check_path(root)
     train = root / "train" / "good"
     if not train.is_dir():
         msg = f"Missing training folder {train} (MVTec layout: <category>/train/good/*.png)."
@@ -336,7 +399,7 @@ def validate_mvtec_folder(path: str | Path, require_masks: bool = True) -> dict[
                 msg = f"Missing mask for {image}: expected {mask_folder / (image.stem + '_mask.png')}."
                 raise InvalidDatasetError(msg)
             used.add(mask.stem)
-            image_size, mask_size = _image_size(image), _image_size(mask)
+            image_size, mask_size = _image_size(image), _image_size(mask, is_mask=True)
             if image_size != mask_size:
                 msg = (
                     f"Mask {mask} is {mask_size[0]}x{mask_size[1]} but image {image} is "
@@ -506,6 +569,8 @@ def build_default_benchmark(
         categories = [name for name in DEFAULT_CATEGORIES if name != "elpv" or use_elpv]
     for name in defects:
         defect_generator(name, 0)  # validates the names before any work
+    for category in categories:
+        _check_path(Path(root) / category)  # a path anomalib cannot load is refused before anything is written
     paths = {}
     for category in categories:
         params: dict[str, Any] = {
@@ -522,7 +587,8 @@ def build_default_benchmark(
         manifest = path / _MANIFEST
         if not force and manifest.is_file():
             try:
-                cached = json.loads(manifest.read_text()) == params
+                # Reading only: a folder of an earlier version (marker of names only) is reused as it is.
+                cached = json.loads(manifest.read_text()) == params and _marker_files(path) is not None
                 if cached:
                     validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
             except (json.JSONDecodeError, InvalidDatasetError):
@@ -537,7 +603,7 @@ def build_default_benchmark(
         )
         write_mvtec_folder(root, category, train, test_good, defect_sets)
         validate_mvtec_folder(path, require_masks=category not in IMAGE_LEVEL_CATEGORIES)
-        manifest.write_text(json.dumps(params, indent=2))
+        _write_owned_files(path, {_MANIFEST: json.dumps(params, indent=2).encode()})
         paths[category] = path
     return paths
 
@@ -606,6 +672,7 @@ def default_datamodule(
             normal_dir="train/good",
             abnormal_dir=[f"test/{name}" for name in defect_dirs],
             normal_test_dir="test/good",
+            extensions=IMAGE_EXTENSIONS,
             **common,
         )
     return SyntheticValMVTecAD(root=folder.parent, category=folder.name, **common)

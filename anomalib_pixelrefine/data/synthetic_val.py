@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 from anomalib.data import Folder, MVTecAD
 from anomalib.data.datasets.base import AnomalibDataset
+from anomalib.data.datasets.image.mvtecad import IMG_EXTENSIONS, MVTecADDataset, make_mvtec_ad_dataset
 from anomalib.data.utils import Split, ValSplitMode, read_image
 from anomalib.data.utils.split import random_split
 from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
@@ -34,7 +35,13 @@ from .generators import defect_generator, to_uint8
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SYNTHETIC_VAL_DEFECTS", "SyntheticDefectValDataset", "SyntheticValFolder", "SyntheticValMVTecAD"]
+__all__ = [
+    "SYNTHETIC_VAL_DEFECTS",
+    "AnyImageMVTecADDataset",
+    "SyntheticDefectValDataset",
+    "SyntheticValFolder",
+    "SyntheticValMVTecAD",
+]
 
 #: Defect kinds painted on the held-back images, in turn.
 SYNTHETIC_VAL_DEFECTS: tuple[str, ...] = (
@@ -184,6 +191,37 @@ class SyntheticValidationMixin:
         return max(ratio, raised)
 
 
+class AnyImageMVTecADDataset(MVTecADDataset):
+    """anomalib's ``MVTecADDataset`` reading every image format :func:`~.folder.validate_mvtec_folder` accepts.
+
+    anomalib's reads ``.png``/``.PNG`` only and silently drops JPEG, BMP, TIFF and WebP files. The samples are built
+    by anomalib's own ``make_mvtec_ad_dataset`` (same image/mask matching), with the extensions found in the folder.
+
+    Args:
+        root: Dataset root.
+        category: Category folder name.
+        augmentations: Augmentations applied to the images.
+        split: ``train``, ``test`` or ``None`` (both).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        category: str,
+        augmentations: Any = None,
+        split: str | Split | None = None,
+    ) -> None:
+        from .folder import IMAGE_EXTENSIONS
+
+        AnomalibDataset.__init__(self, augmentations=augmentations)  # MVTecADDataset's would read PNG only
+        self.root_category = Path(root) / category
+        self.category = category
+        self.split = split
+        files = self.root_category.rglob("*")
+        suffixes = tuple(sorted({f.suffix for f in files if f.suffix.lower() in IMAGE_EXTENSIONS})) or IMG_EXTENSIONS
+        self.samples = make_mvtec_ad_dataset(self.root_category, split=split, extensions=suffixes)
+
+
 class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
     """anomalib's ``MVTecAD`` with synthetic validation by default (``val_split_mode="synthetic"``, 25 %).
 
@@ -213,6 +251,11 @@ class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
             max_false_alarm_rate=max_false_alarm_rate,
             **kwargs,
         )
+
+    def _setup(self, _stage: str | None = None) -> None:
+        """As anomalib's ``MVTecAD``, with datasets that read every accepted image format (not PNG only)."""
+        self.train_data = AnyImageMVTecADDataset(split=Split.TRAIN, root=self.root, category=self.category)
+        self.test_data = AnyImageMVTecADDataset(split=Split.TEST, root=self.root, category=self.category)
 
 
 class SyntheticValFolder(SyntheticValidationMixin, Folder):

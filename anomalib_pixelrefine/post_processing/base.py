@@ -21,6 +21,7 @@ The refiner is a Lightning callback (as anomalib's ``PostProcessor``), so it see
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -37,12 +38,13 @@ from torch import nn
 from torchvision.transforms.v2 import Normalize
 
 from anomalib_pixelrefine.checks import check_choice, check_finite, check_number, check_seed
+from anomalib_pixelrefine.errors import PixelRefineError
 from anomalib_pixelrefine.models.components import is_exporting
 from anomalib_pixelrefine.seeding import seeded_module
 
 from .decision import DEFAULT_MAX_FALSE_ALARM_RATE, DecisionPostProcessorMixin
 
-__all__ = ["EXPORT_MESSAGE", "OUTPUTS", "RefiningPostProcessor", "dilate", "seeded_module"]
+__all__ = ["EXPORT_MESSAGE", "OUTPUTS", "ExportRefusedError", "RefiningPostProcessor", "dilate", "seeded_module"]
 
 #: Refined map units: the host's score units (default) or the method's own pixel-space map (paper).
 OUTPUTS = ("host", "pixel")
@@ -92,12 +94,31 @@ def _at_size(maps: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Te
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
+class ExportRefusedError(PixelRefineError, RuntimeError):
+    """ONNX/OpenVINO export of a host whose refining post-processor is enabled (the refinement is not a graph)."""
+
+
+def _graph_export(host: AnomalibModule, method: str, *args: Any, **kwargs: Any) -> Any:
+    """The host's ``to_onnx``/``to_openvino``, refused at once while its refinement is enabled (before any tracing)."""
+    refiner = host._modules.get("post_processor")
+    if isinstance(refiner, RefiningPostProcessor) and refiner.enable_refinement:
+        raise ExportRefusedError(EXPORT_MESSAGE.format(name=type(refiner).__name__))
+    return getattr(type(host), method)(host, *args, **kwargs)
+
+
 def _wire_refiner(parent: nn.Module, name: str, submodule: nn.Module | None) -> None:
-    """Global module-registration hook: hook a refiner onto its host model when both sit in one AnomalibModule."""
+    """Global module-registration hook: hook a refiner onto its host model when both sit in one AnomalibModule.
+
+    The host's ``to_onnx``/``to_openvino`` (``to_openvino`` exports through ``to_onnx``) are guarded on the instance,
+    so an export with the refinement enabled fails at once with :data:`EXPORT_MESSAGE` instead of after tracing.
+    """
     if not isinstance(parent, AnomalibModule) or name not in {"model", "post_processor"}:
         return
     refiner = submodule if name == "post_processor" else parent._modules.get("post_processor")
     host = submodule if name == "model" else parent._modules.get("model")
+    if isinstance(refiner, RefiningPostProcessor):
+        for method in ("to_onnx", "to_openvino"):
+            parent.__dict__.setdefault(method, functools.partial(_graph_export, parent, method))
     if isinstance(refiner, RefiningPostProcessor) and isinstance(host, nn.Module):
         refiner.hook_host(host)
 
@@ -595,7 +616,7 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
         if not self.enable_refinement:
             return self.finalise(predictions.pred_score, predictions.anomaly_map)
         if is_exporting():
-            raise RuntimeError(EXPORT_MESSAGE.format(name=type(self).__name__))
+            raise ExportRefusedError(EXPORT_MESSAGE.format(name=type(self).__name__))
         if captured is None:
             msg = (
                 f"{type(self).__name__}.forward needs the host's input images; call the whole AnomalibModule "

@@ -40,7 +40,7 @@ from .optim import (
     share_gradients,
     total_variation,
 )
-from .scorers import get_scorer
+from .scorers import get_scorer, scorer_class
 
 INIT_MODES = ("inpaint", "exemplar", "pae", "image")
 
@@ -215,6 +215,24 @@ def _resolve_sections(
     return values, set_keys
 
 
+#: Upper bounds of F2PAD's size arguments: far above any useful value (defaults: 16, 5, 50, 5, 2, 16, 32, 20000,
+#: 0, 50, 20, 10), low enough that a typo such as ``num_exemplars=1e9`` is refused at construction.
+MAX_SIZES = {
+    "num_exemplars": 10_000,
+    "exemplar_windows": 1_000,
+    "num_candidates": 100_000,
+    "n_components": 1_000,
+    "ks": 100,
+    "context": 10_000,
+    "crop_align": 4_096,
+    "prior_pixels": 100_000_000,
+    "max_iters": 1_000_000,
+    "reestimate_iters": 1_000_000,
+    "pae_epochs": 100_000,
+    "check_every": 1_000_000,
+}
+
+
 class F2PAD(RefiningPostProcessor):
     """F2PAD refining post-processor for feature-based hosts (PatchCore, PaDiM, CFLOW, ... see ``scorers``).
 
@@ -274,6 +292,10 @@ class F2PAD(RefiningPostProcessor):
         integers |= {"prior_pixels": 1, "crop_align": 1}
         for name, low in integers.items():
             check_number(owner, name, values[name], low, integer=True)
+        # Sizes far beyond any use only exhaust memory or time (e.g. num_exemplars=10**9): refused at construction.
+        sizes = {name: values[name] for name in MAX_SIZES if name != "max_iters"} | {"max_iters": max_iters}
+        for name, value in sizes.items():
+            check_number(owner, name, value, high=MAX_SIZES[name], integer=True)
         check_widths(owner, "pae_channels", values["pae_channels"])
         values["pae_channels"] = [int(c) for c in values["pae_channels"]]
         for name, value in values.items():
@@ -327,6 +349,19 @@ class F2PAD(RefiningPostProcessor):
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
         return (*super()._checkpoint_config_keys, *self._TUNABLE, "init", "pae_channels")
+
+    def hook_host(self, host: nn.Module) -> None:
+        """Hook the host; with ``max_iters > 0`` a host without a differentiable scorer is refused here.
+
+        This runs when the refiner and the host model meet in an ``AnomalibModule`` (at its construction), so such a
+        host fails at once instead of at test time, after the whole fit.
+
+        Raises:
+            NoScorerError: (a ``TypeError``) If ``max_iters > 0`` and no scorer is registered for the host model.
+        """
+        if self.max_iters > 0 and scorer_class(host) is None:
+            get_scorer(host)  # raises the one-line error naming the host and the supported ones
+        super().hook_host(host)
 
     def _build_pae(self) -> PaeModel:
         return seeded_module(self.seed, lambda: PaeModel(channels=self.pae_channels))

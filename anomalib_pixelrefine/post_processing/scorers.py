@@ -24,6 +24,7 @@ from anomalib.models.image.padim.torch_model import PadimModel
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
+from anomalib_pixelrefine.errors import PixelRefineError
 from anomalib_pixelrefine.models.components import input_gradients
 from anomalib_pixelrefine.models.image.feature_ensemble import FeatureEnsembleModel
 from anomalib_pixelrefine.models.image.pni import PniModel
@@ -54,6 +55,11 @@ def available_scorers() -> dict[str, str]:
     return {model_type.__name__: cls.__name__ for model_type, cls in _SCORERS}
 
 
+def scorer_class(model: nn.Module) -> type[FeatureScorer] | None:
+    """The scorer class registered for a host torch model (``None``: F2PAD cannot optimise through it)."""
+    return next((cls for model_type, cls in _SCORERS if isinstance(model, model_type)), None)
+
+
 def get_scorer(model: nn.Module, **kwargs: Any) -> FeatureScorer:
     """Build the scorer for a host torch model.
 
@@ -65,17 +71,21 @@ def get_scorer(model: nn.Module, **kwargs: Any) -> FeatureScorer:
         A scorer instance.
 
     Raises:
-        TypeError: If no scorer is registered for the model's type.
+        NoScorerError: (a ``TypeError``) If no scorer is registered for the model's type.
     """
-    for model_type, cls in _SCORERS:
-        if isinstance(model, model_type):
-            return cls(model, **kwargs)
-    msg = (
-        f"No differentiable F2PAD scorer is registered for host model '{type(model).__name__}'. Available: "
-        f"{sorted(available_scorers())}. Write a FeatureScorer subclass and decorate it with "
-        f"@register_scorer({type(model).__name__})."
-    )
-    raise TypeError(msg)
+    cls = scorer_class(model)
+    if cls is None:
+        msg = (
+            f"No differentiable F2PAD scorer is registered for host model '{type(model).__name__}'. Available: "
+            f"{sorted(available_scorers())}. Use max_iters=0 (no optimisation through the host), or write a "
+            f"FeatureScorer subclass and decorate it with @register_scorer({type(model).__name__})."
+        )
+        raise NoScorerError(msg)
+    return cls(model, **kwargs)
+
+
+class NoScorerError(PixelRefineError, TypeError):
+    """F2PAD with ``max_iters > 0`` on a host model without a registered differentiable scorer."""
 
 
 def extract_with_grad(extractor: TimmFeatureExtractor, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -244,6 +244,20 @@ def build_member(spec: dict[str, Any] | nn.Module) -> _Member:
         return spec
     if isinstance(spec, nn.Module):
         return ModuleMember(spec)
+    if check_member_spec(spec) == "backbone":
+        return TimmMember(**spec)
+    return AnomalibCheckpointMember(**spec)
+
+
+def check_member_spec(spec: Any) -> str:
+    """Check a plain-dict member spec without building it (the benchmark checks its grids with this first).
+
+    Returns:
+        ``"backbone"`` or ``"checkpoint"``.
+
+    Raises:
+        ValueError: On an unknown or incomplete spec.
+    """
     if not isinstance(spec, dict):
         msg = f"A member must be a dict spec or an nn.Module, got {type(spec).__name__}: {spec!r}"
         raise ValueError(msg)
@@ -255,12 +269,12 @@ def build_member(spec: dict[str, Any] | nn.Module) -> _Member:
         if "layers" not in spec:
             msg = f"Backbone member {spec!r} needs 'layers'"
             raise ValueError(msg)
-        return TimmMember(**spec)
+        return "backbone"
     if "checkpoint" in spec:
         unknown = set(spec) - _CKPT_KEYS
         if unknown or "model" not in spec:
             msg = f"Checkpoint member {spec!r} needs 'checkpoint' and 'model' (optional: 'layers', 'normalize')"
             raise ValueError(msg)
-        return AnomalibCheckpointMember(**spec)
+        return "checkpoint"
     msg = f"Member spec {spec!r} needs a 'backbone' (timm) or a 'checkpoint' (trained anomalib model) key"
     raise ValueError(msg)
