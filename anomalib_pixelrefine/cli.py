@@ -339,7 +339,16 @@ def restore_checkpoint_arguments(model: Any, ckpt_path: str | Path) -> list[str]
     path = Path(ckpt_path)
     if not path.is_file():
         return []
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+
+    from anomalib.utils.serialization import anomalib_safe_globals
+
+    try:
+        with anomalib_safe_globals():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:  # Lightning reports it itself
+        logger.debug("Checkpoint arguments of %s not read: %s", path, error)
+        return []
     hparams = checkpoint.get("hyper_parameters") or {}
     init_args = model.get("init_args")
     if init_args is None:

@@ -14,12 +14,12 @@ def _readme_commands() -> list[str]:
     return re.findall(r"```bash\n(.+?)\n```", setup, flags=re.DOTALL)
 
 
-def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_command():
+def test_readme_setup_installs_then_runs_offline_and_ci_runs_the_test_command():
     commands = _readme_commands()
-    assert len(commands) == 2, commands
-    install_and_run, test_command = commands
-    assert "pixelrefine demo" in install_and_run
-    assert "torch==2.14.1 torchvision==0.29.1" in install_and_run
+    assert len(commands) == 3, commands
+    install, first_run, test_command = commands
+    assert "torch==2.14.1 torchvision==0.29.1" in install
+    assert first_run.splitlines() == ["pixelrefine weights --install true", "pixelrefine demo"]
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert test_command.strip() in ci_lines
     # CI installs torch first, then the package with the test extra, like the README.
@@ -31,7 +31,8 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_command():
 def test_pyproject_declares_the_console_script_and_dependencies():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["name"] == "anomalib-pixelrefine"
-    assert project["scripts"]["pixelrefine"] == "anomalib_pixelrefine.cli:main"
+    # The launcher sets the thread policy before torch is imported, then runs anomalib_pixelrefine.cli:main.
+    assert project["scripts"]["pixelrefine"] == "anomalib_pixelrefine.launcher:main"
     dependencies = " ".join(project["dependencies"])
     for name in ("anomalib>=2.7,<2.8", "torch", "lightning", "kornia", "scipy", "numpy", "jsonargparse"):
         assert name in dependencies
