@@ -419,7 +419,7 @@ def test_16_bit_images_are_refused_by_name_and_16_bit_masks_accepted(tmp_path: P
     assert str(image) in _one_line(info.value)
 
 
-def test_demo_refuses_a_results_dir_holding_a_users_results_before_any_work(tmp_path: Path) -> None:
+def test_demo_refuses_a_results_dir_holding_a_users_results_ahead_of_any_work(tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -445,7 +445,7 @@ def test_demo_refuses_a_results_dir_holding_a_users_results_before_any_work(tmp_
 
 
 # ------------------------------------------------------------------- issue 29, item 9: refusals at once, in one line
-def test_graph_export_of_a_refining_host_is_refused_before_tracing(tmp_path: Path) -> None:
+def test_graph_export_of_a_refining_host_is_refused_ahead_of_tracing(tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -498,7 +498,7 @@ def test_absurd_f2pad_sizes_are_refused_at_construction(name: str, value: int) -
     _one_line(info.value)
 
 
-def test_non_ascii_data_paths_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+def test_non_ascii_data_paths_are_refused_ahead_of_any_write(tmp_path: Path) -> None:
     # anomalib's data loaders refuse every sample path outside printable ASCII (validate_path), after the fit.
     root = tmp_path / "données"
     with pytest.raises(InvalidDatasetError, match="printable ASCII") as info:

@@ -413,7 +413,7 @@ def test_fresh_process_isolation_runs_each_job_in_its_own_process(tiny_mvtec_roo
         ),
     ],
 )
-def test_unknown_keys_and_names_are_refused_before_any_job(tmp_path: Path, bench: dict, message: str) -> None:
+def test_unknown_keys_and_names_are_refused_ahead_of_any_job(tmp_path: Path, bench: dict, message: str) -> None:
     config = {"output_dir": str(tmp_path / "out"), "benchmark": {"model": PADIM, "data": "default", **bench}}
     with pytest.raises(BenchmarkConfigError) as error:
         run_benchmark(config)

@@ -54,7 +54,7 @@ def test_random_weights_and_cached_weights_are_left_alone(empty_offline_cache):
     assert resolve_backbone("tf_efficientnet_lite1", ["blocks.2"]) == ("tf_efficientnet_lite1", ["blocks.2"])
 
 
-def test_pni_resolves_its_backbone_before_building_it(empty_offline_cache):
+def test_pni_resolves_its_backbone_ahead_of_building_it(empty_offline_cache):
     from anomalib_pixelrefine.models import Pni
 
     model = Pni(backbone="resnet18", layers=["layer2", "layer3"])
