@@ -139,15 +139,15 @@ def resolve_backbone(
         WeightsUnavailableError: If the weights can be had neither locally, from the hub, nor by a fallback.
     """
     layers = None if layers is None else list(layers)
-    if not pre_trained or weights_cached(backbone):
+    if not pre_trained:
+        return backbone, layers
+    # Checked first, once per process: unreachable switches huggingface_hub offline, so cached weights load at once.
+    online = hub_reachable()
+    if online or weights_cached(backbone):
         return backbone, layers
     from anomalib_pixelrefine.weights import OFFLINE_BACKBONES, ensure_offline_weights
 
     if backbone in OFFLINE_BACKBONES and ensure_offline_weights(backbone):
-        if not hub_reachable():
-            _go_offline()
-        return backbone, layers
-    if hub_reachable():
         return backbone, layers
     if layers and all(layer in _STRIDE_LAYERS for layer in layers) and ensure_offline_weights(OFFLINE_FALLBACK):
         replaced = [_STRIDE_LAYERS[layer] for layer in layers]
