@@ -33,7 +33,6 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 # Importing the models registers them as ``AnomalibModule`` subclasses, which is what makes ``--model Pni`` resolve.
 from anomalib_pixelrefine import models as _models
 from anomalib_pixelrefine import registry
-from anomalib_pixelrefine.allocator import configure_allocator
 from anomalib_pixelrefine.errors import InvalidArgumentError
 
 logger = logging.getLogger("anomalib_pixelrefine.cli")
@@ -333,19 +332,17 @@ def restore_checkpoint_arguments(model: Any, ckpt_path: str | Path) -> list[str]
     Returns:
         The names of the restored arguments.
     """
-    import torch
+    import pickle
+
     from jsonargparse import Namespace
+
+    from anomalib_pixelrefine.models.components.checkpoint import load_checkpoint
 
     path = Path(ckpt_path)
     if not path.is_file():
         return []
-    import pickle
-
-    from anomalib.utils.serialization import anomalib_safe_globals
-
     try:
-        with anomalib_safe_globals():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = load_checkpoint(path)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:  # Lightning reports it itself
         logger.debug("Checkpoint arguments of %s not read: %s", path, error)
         return []
@@ -442,16 +439,15 @@ def _plain_kwargs(config: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Entry point of the ``pixelrefine`` console script.
+    """Run the CLI, printing this package's refusals in one line.
 
-    Sets glibc's allocator to two arenas and a 1 MB mmap threshold for this process and its children first (stable
-    peak memory of anomalib's coreset on CPU, see :mod:`anomalib_pixelrefine.allocator`).
+    The console script starts in :mod:`anomalib_pixelrefine.launcher`; the thread policy and output settings are
+    applied here again for ``python -m anomalib_pixelrefine.cli`` (the allocator is set when the package is imported).
     """
     from anomalib_pixelrefine.errors import PixelRefineError
     from anomalib_pixelrefine.launcher import configure_output, configure_threads
 
     configure_threads()
-    configure_allocator()
     configure_output()
     try:
         PixelRefineCLI()

@@ -7,7 +7,8 @@ nothing heavy:
   depend on the core count or on other work on the machine (the benchmark's committed numbers reproduce from the
   plain command), and OpenMP's spin-waiting, which made the same refinement 4-6x slower on a shared CPU, is off. Set
   ``OMP_NUM_THREADS`` (e.g. to your core count) or ``OMP_WAIT_POLICY`` yourself to choose otherwise.
-- **Allocator**: glibc's two arenas and fixed 1 MB mmap threshold (:mod:`anomalib_pixelrefine.allocator`).
+- **Allocator**: glibc's two arenas and fixed 1 MB mmap threshold, applied when the package is imported
+  (:mod:`anomalib_pixelrefine.allocator`).
 
 It also makes the output say each thing once (:func:`configure_output`): one log handler (anomalib's
 ``configure_logger`` adds a plain and a rich handler, so every line came twice), and third-party messages that tell
@@ -100,12 +101,9 @@ def configure_output(level: int = logging.INFO) -> None:
 
 
 def main() -> None:
-    """``pixelrefine``: thread policy and allocator for this process and its children, then the CLI."""
+    """``pixelrefine``: thread policy and quiet output, then the CLI (importing the package sets the allocator)."""
     configure_threads()
     configure_output()
-    from anomalib_pixelrefine.allocator import configure_allocator
-
-    configure_allocator()
     from anomalib_pixelrefine.cli import main as cli_main
 
     cli_main()

@@ -51,3 +51,10 @@ def tiny_mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_mvtec_path(tiny_mvtec_root: Path) -> Path:
     """Category folder of the tiny dataset (``tiny_mvtec_root / TINY_CATEGORY``)."""
     return tiny_mvtec_root / TINY_CATEGORY
+
+
+def tiny_embedded_data(root: Path, n_train: int, n_test_good: int, n_test_defect: int) -> dict:
+    """Benchmark ``data`` entry of the embedded data: 32 px gravel, cut-paste colour and scratch defects."""
+    init_args = {"category": "gravel", "root": str(root), "image_size": 32, "n_train": n_train}
+    init_args |= {"n_test_good": n_test_good, "n_test_defect": n_test_defect}
+    return {"class_path": "default", "init_args": {**init_args, "defects": ["cut_paste_color", "scratch"]}}

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from anomalib.cli import pipelines as anomalib_pipelines
 from anomalib.pipelines import Benchmark
+from conftest import tiny_embedded_data
 
 from anomalib_pixelrefine.benchmark import (
     BenchmarkConfigError,
@@ -229,18 +230,7 @@ def _in_process_config(out: Path, benchmark: dict, **extra: object) -> dict:
 def test_named_variants_and_seeds_on_the_embedded_data(tmp_path: Path) -> None:
     out = tmp_path / "out"
     padim = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]}
-    data = {
-        "class_path": "default",
-        "init_args": {
-            "category": "gravel",
-            "root": str(tmp_path / "data"),
-            "image_size": 32,
-            "n_train": 8,
-            "n_test_good": 2,
-            "n_test_defect": 1,
-            "defects": ["cut_paste_color", "scratch"],
-        },
-    }
+    data = tiny_embedded_data(tmp_path / "data", n_train=8, n_test_good=2, n_test_defect=1)
     benchmark = {
         "seed": {"grid": [0, 1]},
         "model": {

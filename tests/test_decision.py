@@ -17,6 +17,7 @@ import torch
 from anomalib.deploy import ExportType, TorchInferencer
 from anomalib.engine import Engine
 from anomalib.models import Patchcore
+from conftest import tiny_embedded_data
 
 from anomalib_pixelrefine.benchmark import run_benchmark
 from anomalib_pixelrefine.cli import translate_post_processor_args
@@ -174,18 +175,7 @@ def test_refiner_decides_on_every_path_and_seeds_only_above_the_image_threshold(
 
 def test_benchmark_operating_points_come_from_one_test_pass_and_match_the_deployed_masks(tmp_path: Path) -> None:
     padim = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"], "n_features": 16}
-    data = {
-        "class_path": "default",
-        "init_args": {
-            "category": "gravel",
-            "root": str(tmp_path / "data"),
-            "image_size": 32,
-            "n_train": 16,
-            "n_test_good": 6,
-            "n_test_defect": 2,
-            "defects": ["cut_paste_color", "scratch"],
-        },
-    }
+    data = tiny_embedded_data(tmp_path / "data", n_train=16, n_test_good=6, n_test_defect=2)
     config = {
         "isolation": "none",
         "output_dir": str(tmp_path / "out"),

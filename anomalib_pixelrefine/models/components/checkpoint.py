@@ -17,6 +17,20 @@ def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def load_checkpoint(path: str | Path, extra_globals: Any = ()) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict, read with ``weights_only`` and anomalib's allow-listed globals (memory-mapped).
+
+    Args:
+        path: Local checkpoint file.
+        extra_globals: Extra types allowed by the ``weights_only`` unpickler.
+
+    Returns:
+        The checkpoint dict (``state_dict``, ``hyper_parameters``, ...).
+    """
+    with anomalib_safe_globals(extra=extra_globals):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def check_checkpoint_class(cls: type, checkpoint_path: str | Path, extra_globals: Any = ()) -> None:
     """Raise ``TypeError`` when the checkpoint was not saved by ``cls`` (or a subclass of it).
 
@@ -34,8 +48,7 @@ def check_checkpoint_class(cls: type, checkpoint_path: str | Path, extra_globals
     path = Path(checkpoint_path)
     if not path.is_file():
         return
-    with anomalib_safe_globals(extra=extra_globals):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = load_checkpoint(path, extra_globals)
     recorded = checkpoint.get(CLASS_KEY)
     if recorded is not None:
         if recorded not in {_qualified_name(c) for c in cls.__mro__}:
