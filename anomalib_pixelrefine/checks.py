@@ -20,7 +20,18 @@ import torch
 
 from anomalib_pixelrefine.errors import InvalidArgumentError
 
+#: Default share of normal images allowed above the image threshold, shared by the post-processors and the
+#: datamodules that hold back the normal images it is measured on (see the post_processing README).
+DEFAULT_MAX_FALSE_ALARM_RATE = 0.05
+
+
+def normals_needed(rate: float) -> int:
+    """Held-back normal images needed to meet a budget ``rate``: ``n + 1 >= 1 / rate`` (their maximum then meets it)."""
+    return max(math.ceil(1 / rate - 1 - 1e-9), 1) if rate > 0 else 1
+
+
 __all__ = [
+    "DEFAULT_MAX_FALSE_ALARM_RATE",
     "FiniteInputMixin",
     "NoEffectWarning",
     "check_choice",
@@ -29,6 +40,7 @@ __all__ = [
     "check_seed",
     "check_widths",
     "non_default",
+    "normals_needed",
     "warn_no_effect",
 ]
 

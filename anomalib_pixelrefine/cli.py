@@ -267,6 +267,7 @@ class PixelRefineCLI(AnomalibCLI):
         if model is not None:
             resolve_offline_backbone(model)
         seed_data_split(config.get("data"), config.get("seed_everything"))
+        link_false_alarm_budget(model, config.get("data"))
         cap_workers(config.get("data"))
         if subcommand == "export" and config.get("export_root") is None:
             config["export_root"] = default_export_root(config.get("ckpt_path"), config.get("default_root_dir"))
@@ -396,6 +397,24 @@ def seed_data_split(data: Any, seed: Any) -> None:
     init_args = data.get("init_args") if hasattr(data, "get") else None
     if init_args is not None and "seed" in init_args and init_args["seed"] is None and type(seed) is int:
         init_args["seed"] = seed
+
+
+def link_false_alarm_budget(model: Any, data: Any) -> None:
+    """Give the datamodule the post-processor's ``max_false_alarm_rate``, so it holds back enough normal images.
+
+    One budget, set once on the post-processor (``--post_processor.max_false_alarm_rate``): a datamodule that takes
+    the argument (:class:`~anomalib_pixelrefine.data.SyntheticValFolder`, ``SyntheticValMVTecAD``) gets the same value.
+    """
+    model_args = model.get("init_args") if hasattr(model, "get") else None
+    data_args = data.get("init_args") if hasattr(data, "get") else None
+    post = model_args.get("post_processor") if hasattr(model_args, "get") else None
+    post_args = post.get("init_args") if hasattr(post, "get") else None
+    if not hasattr(post_args, "get") or data_args is None or "max_false_alarm_rate" not in data_args:
+        return
+    rate = post_args.get("max_false_alarm_rate", data_args["max_false_alarm_rate"])
+    if rate != data_args["max_false_alarm_rate"]:
+        logger.info("data.max_false_alarm_rate set to the post-processor's %s.", rate)
+        data_args["max_false_alarm_rate"] = rate
 
 
 def cap_workers(data: Any) -> None:

@@ -34,19 +34,32 @@ from anomalib_pixelrefine.post_processing.decision import (
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def test_false_alarm_threshold_flags_at_most_the_budget() -> None:
+def test_false_alarm_threshold_is_the_conformal_order_statistic() -> None:
     scores = torch.randperm(200).float()
     for rate in (0.0, 0.01, 0.05, 0.1, 0.333):
         threshold = false_alarm_threshold(scores, rate)
-        assert int((scores > threshold).sum()) == int(rate * 200 + 1e-9)
+        k = max(int(rate * 201 + 1e-9), 1)  # the k-th largest: a new normal image is above it w.p. k / (n + 1)
+        assert int((scores > threshold).sum()) == k - 1
+        assert rate == 0 or k / 201 <= rate
     assert false_alarm_threshold(scores, 0.0) == scores.max()
+
+
+def test_false_alarm_budget_holds_on_new_normal_images() -> None:
+    # 4000 draws of 40 held-back normal scores and one new normal image from the same distribution: the share of new
+    # images above the threshold is the budget's k / (n + 1) = 2 / 41, within 3 standard errors of 0.05. The former
+    # rule (floor(rate n) + 1-th largest: the 3rd of 40) gave 3 / 41 = 0.073.
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.randn(4000, 41, generator=generator)
+    thresholds = torch.stack([false_alarm_threshold(row[:40], 0.05) for row in draws])
+    exceed = (draws[:, 40] > thresholds).float().mean().item()
+    assert exceed <= 0.05 + 3 * (0.05 * 0.95 / 4000) ** 0.5
 
 
 def test_too_few_normal_images_warn_and_give_their_maximum(caplog: pytest.LogCaptureFixture) -> None:
     scores = torch.tensor([0.1, 0.5, 0.3])
     with caplog.at_level(logging.WARNING):
         assert false_alarm_threshold(scores, 0.05) == 0.5
-    assert "only 3 held-back normal images for max_false_alarm_rate=0.05 (at least 20 needed)" in caplog.text
+    assert "only 3 held-back normal images for max_false_alarm_rate=0.05 (at least 19 needed)" in caplog.text
     with pytest.raises(ValueError, match="no held-back normal image score"):
         false_alarm_threshold(torch.tensor([float("nan")]), 0.05)
     with pytest.raises(ValueError, match="max_false_alarm_rate"):
@@ -71,7 +84,7 @@ def test_area_budget_raises_the_pixel_threshold_on_normal_images_above_the_gate(
     post.collect_normals(SimpleNamespace(gt_label=labels, pred_score=scores, anomaly_map=maps))
     post.apply_budget()
     normal = scores[:6]
-    assert int((normal > post._image_threshold).sum()) == 3  # half of the six normal images
+    assert int((normal > post._image_threshold).sum()) == 2  # the 3rd largest of 6 (k = floor(0.5 * 7)): 2 above
     above = maps[:6][normal > post._image_threshold]
     assert (above > post._pixel_threshold).sum() / (6 * 16 * 16) <= 0.01
     assert float(post._pixel_threshold) > 0.2
@@ -212,13 +225,13 @@ def test_benchmark_operating_points_come_from_one_test_pass_and_match_the_deploy
 
 
 def test_budget_caps_the_f1_threshold_from_below_only() -> None:
-    normal = torch.arange(20).float()  # rate 0.1: threshold 17, two scores above
-    assert budget_image_threshold(normal, 0.1, f1_threshold=12.0) == 17.0  # F1 too loose: raised to the cap
+    normal = torch.arange(20).float()  # rate 0.1: k = floor(0.1 * 21) = 2, threshold 18, one score above
+    assert budget_image_threshold(normal, 0.1, f1_threshold=12.0) == 18.0  # F1 too loose: raised to the cap
     assert budget_image_threshold(normal, 0.1, f1_threshold=18.5) == 18.5  # F1 already within the budget: kept
-    assert budget_image_threshold(normal, 0.1, f1_threshold=float("nan")) == 17.0
+    assert budget_image_threshold(normal, 0.1, f1_threshold=float("nan")) == 18.0
 
 
-@pytest.mark.parametrize(("rate", "normal"), [(None, 2), (0.25, 4), (0.01, 4)])
+@pytest.mark.parametrize(("rate", "normal"), [(None, 2), (0.25, 3), (0.01, 4)])
 def test_datamodule_holds_back_enough_normal_images_for_the_budget(
     tiny_mvtec_root: Path, rate: float | None, normal: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -230,4 +243,4 @@ def test_datamodule_holds_back_enough_normal_images_for_the_budget(
     samples = datamodule.val_data.samples
     assert int((samples.label_index == 0).sum()) == normal  # 8 training images: 25 % by default, at most half
     assert len(datamodule.train_data) == 8 - normal
-    assert ("cannot hold back 100 normal images" in caplog.text) == (rate == 0.01)
+    assert ("cannot hold back 99 normal images" in caplog.text) == (rate == 0.01)

@@ -86,7 +86,8 @@ def test_default_datamodule_never_uses_test_files_in_fit_or_validation(tmp_path:
     held_back = {str(Path(p).resolve()) for p in val[val.label_index == 0].image_path}
     assert held_back <= {str(p.resolve()) for p in (path / "train" / "good").iterdir()}
     assert not held_back & train_files
-    assert (val.label_index == 1).sum() == len(held_back) == 2
+    # 8 training images: the default 5 % budget needs 19 held back, so half of them are (at most half).
+    assert (val.label_index == 1).sum() == len(held_back) == 4
     batch = next(iter(datamodule.val_dataloader()))
     defective = batch.gt_label.bool()
     assert batch.gt_mask[defective].flatten(1).any(1).all()

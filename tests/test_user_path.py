@@ -129,3 +129,15 @@ def test_cli_train_test_export_offline_with_default_backbone(tiny_mvtec_root, tm
     export = _pixelrefine(export_args, tmp_path)
     assert export.returncode == 0, (export.stdout + export.stderr)[-3000:]
     assert (ckpt.resolve().parents[2] / "weights" / "torch" / "model.pt").is_file()
+
+
+def test_post_processor_budget_reaches_the_datamodule():
+    from anomalib_pixelrefine.cli import link_false_alarm_budget
+
+    args = ["train", "--model", "Padim", "--post_processor", "f2pad", "--post_processor.max_false_alarm_rate", "0.01"]
+    data = ["--data", "SyntheticValFolder", "--data.name", "x", "--data.root", ".", "--data.normal_dir", "good"]
+    config = PixelRefineCLI.parse_only([*args, *data])
+    train = config["train"]
+    assert train["data"]["init_args"]["max_false_alarm_rate"] == 0.05  # the datamodule's own default
+    link_false_alarm_budget(train["model"], train["data"])
+    assert train["data"]["init_args"]["max_false_alarm_rate"] == 0.01  # one budget: the post-processor's

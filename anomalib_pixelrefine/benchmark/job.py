@@ -61,7 +61,14 @@ OUR_MODELS: dict[str, str] = registry.MODELS
 DEFAULT_DATA = {"default", "pixelrefine", "embedded"}
 # ``init_args`` of the embedded data: ``category``, then ``build_default_benchmark``'s and ``default_datamodule``'s.
 DEFAULT_DATA_BUILD_KEYS = ("root", "image_size", "n_train", "n_test_good", "n_test_defect", "defects", "seed")
-DEFAULT_DATA_LOADER_KEYS = ("train_batch_size", "eval_batch_size", "num_workers", "val_split_mode", "val_split_ratio")
+DEFAULT_DATA_LOADER_KEYS = (
+    "train_batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "val_split_mode",
+    "val_split_ratio",
+    "max_false_alarm_rate",
+)
 
 # Result column -> (metric class path, fields, prefix). ``best_dice``/``best_iou`` pick the threshold in hindsight on
 # the test masks (the oracle); the deployed-threshold columns are ``dice``/``iou`` (pooled) and the per-image ones.

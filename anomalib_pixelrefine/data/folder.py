@@ -29,6 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
+from anomalib_pixelrefine.checks import DEFAULT_MAX_FALSE_ALARM_RATE
 from anomalib_pixelrefine.errors import PixelRefineError
 
 from .generators import defect_generator
@@ -618,6 +619,7 @@ def default_datamodule(
     seed: int | None = None,
     val_split_mode: str = "synthetic",
     val_split_ratio: float = 0.25,
+    max_false_alarm_rate: float | None = DEFAULT_MAX_FALSE_ALARM_RATE,
 ) -> Any:
     """Anomalib datamodule for an MVTec-style category folder (validated first), with an honest validation split.
 
@@ -638,6 +640,8 @@ def default_datamodule(
             test images), ``from_train`` (normal images only) or ``none``.
         val_split_ratio: Share of the training (``synthetic``/``from_train``) or test (``from_test``) images moved to
             validation.
+        max_false_alarm_rate: The post-processor's false-alarm budget: ``synthetic`` holds back enough normal images
+            for it (:class:`~.synthetic_val.SyntheticValidationMixin`).
 
     Returns:
         A :class:`SyntheticValMVTecAD` datamodule, or a :class:`SyntheticValFolder` for image-level categories
@@ -664,6 +668,7 @@ def default_datamodule(
         "seed": seed,
         "val_split_mode": val_split_mode,
         "val_split_ratio": val_split_ratio,
+        "max_false_alarm_rate": max_false_alarm_rate,
     }
     if image_level:
         return SyntheticValFolder(

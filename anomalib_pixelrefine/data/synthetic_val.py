@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from tempfile import mkdtemp
@@ -30,6 +29,8 @@ from anomalib.data.utils import Split, ValSplitMode, read_image
 from anomalib.data.utils.split import random_split
 from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
 from PIL import Image
+
+from anomalib_pixelrefine.checks import DEFAULT_MAX_FALSE_ALARM_RATE, check_number, normals_needed
 
 from .generators import defect_generator, to_uint8
 
@@ -123,9 +124,10 @@ class SyntheticValidationMixin:
 
     Args:
         val_defects: Defect kinds painted on the held-back normal images (default :data:`SYNTHETIC_VAL_DEFECTS`).
-        max_false_alarm_rate: The false-alarm budget the post-processor will use (``None``: not known). The share of
-            held-back training images is raised, up to half of them, so that at least ``1 / max_false_alarm_rate``
-            normal images are held back and the budget's quantile of their scores is meaningful.
+        max_false_alarm_rate: The false-alarm budget the post-processor will use (default: the post-processors'
+            default, ``None``: not known). The share of held-back training images is raised, up to half of them, so
+            that at least ``1 / max_false_alarm_rate - 1`` normal images are held back and the budget's threshold
+            meets it (:func:`~anomalib_pixelrefine.post_processing.decision.false_alarm_threshold`).
         *args: The datamodule's arguments.
         **kwargs: The datamodule's keyword arguments.
     """
@@ -134,10 +136,9 @@ class SyntheticValidationMixin:
         self,
         *args: Any,
         val_defects: Sequence[str] | None = None,
-        max_false_alarm_rate: float | None = None,
+        max_false_alarm_rate: float | None = DEFAULT_MAX_FALSE_ALARM_RATE,
         **kwargs: Any,
     ) -> None:
-        from anomalib_pixelrefine.checks import check_number
 
         check_number(type(self).__name__, "max_false_alarm_rate", max_false_alarm_rate, 0, 1, optional=True)
         self.max_false_alarm_rate = max_false_alarm_rate
@@ -162,12 +163,12 @@ class SyntheticValidationMixin:
         )
 
     def _held_back_ratio(self) -> float:
-        """``val_split_ratio``, raised (at most to 0.5) to hold back ``1 / max_false_alarm_rate`` normal images."""
+        """``val_split_ratio``, raised (at most to 0.5) to hold back what ``max_false_alarm_rate`` needs."""
         ratio = float(self.val_split_ratio)
         rate, total = self.max_false_alarm_rate, len(self.train_data)
         if not rate or total == 0:
             return ratio
-        needed = math.ceil(1 / rate)
+        needed = normals_needed(rate)
         if ratio * total >= needed:
             return ratio
         raised = min(needed / total, 0.5)
@@ -240,7 +241,7 @@ class SyntheticValMVTecAD(SyntheticValidationMixin, MVTecAD):
         val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
         val_split_ratio: float = 0.25,
         val_defects: Sequence[str] | None = None,
-        max_false_alarm_rate: float | None = None,
+        max_false_alarm_rate: float | None = DEFAULT_MAX_FALSE_ALARM_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -276,7 +277,7 @@ class SyntheticValFolder(SyntheticValidationMixin, Folder):
         val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
         val_split_ratio: float = 0.25,
         val_defects: Sequence[str] | None = None,
-        max_false_alarm_rate: float | None = None,
+        max_false_alarm_rate: float | None = DEFAULT_MAX_FALSE_ALARM_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(

@@ -26,7 +26,7 @@ from anomalib.data import Batch, InferenceBatch
 from anomalib.post_processing import PostProcessor
 from lightning import LightningModule, Trainer
 
-from anomalib_pixelrefine.checks import check_number
+from anomalib_pixelrefine.checks import DEFAULT_MAX_FALSE_ALARM_RATE, check_number, normals_needed
 
 __all__ = [
     "DEFAULT_MAX_FALSE_ALARM_RATE",
@@ -36,28 +36,27 @@ __all__ = [
     "area_threshold",
     "budget_image_threshold",
     "false_alarm_threshold",
+    "normals_needed",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Default share of normal images allowed above the image threshold (see the post_processing README).
-DEFAULT_MAX_FALSE_ALARM_RATE = 0.05
 
 
 def false_alarm_threshold(
     normal_scores: torch.Tensor, rate: float, owner: str = "false_alarm_threshold", warn: bool = True
 ) -> torch.Tensor:
-    """Raw image threshold above which at most ``rate`` of the normal scores lie (an upper quantile).
+    """Raw image threshold that a new normal image exceeds with probability at most ``rate`` (split-conformal).
 
-    With ``n`` scores, the threshold is the ``(floor(rate n) + 1)``-th largest score, so at most ``floor(rate n)``
-    scores are strictly above it; ``rate=0`` gives the largest normal score. Fewer than ``1 / rate`` scores make the
-    quantile the maximum whatever the rate (one warning per call site).
+    With ``n`` scores, the threshold is the ``k``-th largest, ``k = floor(rate (n + 1))`` (at least 1): a new normal
+    image exchangeable with the held-back ones is above it with probability ``k / (n + 1) <= rate``. ``rate=0`` and
+    fewer than ``1 / rate - 1`` scores give the largest score, whose false-alarm rate is ``1 / (n + 1)``: more than
+    ``rate`` (one warning per call site).
 
     Args:
         normal_scores: Raw scores of normal (held-back) images, any shape.
         rate: Allowed share of normal images above the threshold, in ``[0, 1)``.
         owner: Name used in the warning.
-        warn: Warn when there are fewer than ``1 / rate`` scores.
+        warn: Warn when there are too few scores for ``rate``.
 
     Raises:
         ValueError: Without any finite normal score.
@@ -69,7 +68,7 @@ def false_alarm_threshold(
         msg = f"{owner}: no held-back normal image score to set the image threshold from (max_false_alarm_rate)."
         raise ValueError(msg)
     n = scores.numel()
-    if warn and rate > 0 and n < 1 / rate:
+    if warn and rate > 0 and n < normals_needed(rate):
         logger.warning(
             "%s: only %d held-back normal images for max_false_alarm_rate=%g (at least %d needed): the image threshold "
             "is their maximum score, the false-alarm rate on new images is about 1/(n+1)=%.3f; hold back more normal "
@@ -77,10 +76,10 @@ def false_alarm_threshold(
             owner,
             n,
             rate,
-            math.ceil(1 / rate),
+            normals_needed(rate),
             1 / (n + 1),
         )
-    k = min(math.floor(rate * n + 1e-9) + 1, n)
+    k = min(max(math.floor(rate * (n + 1) + 1e-9), 1), n)
     return scores.topk(k).values[-1]
 
 
