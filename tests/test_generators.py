@@ -11,10 +11,15 @@ from anomalib_pixelrefine.data import (
     CutPaste,
     CutPasteScar,
     DefectGenerator,
+    FadingDiscolourationDefect,
+    HaloBurnDefect,
     HandDrawnDefect,
     MixedDefect,
     PerlinDefect,
+    SoftRimStainDefect,
     SyntheticDefectDataset,
+    defect_generator,
+    size_bin,
 )
 
 FACTORIES = {
@@ -26,7 +31,12 @@ FACTORIES = {
     "hand_drawn": lambda seed: HandDrawnDefect(seed=seed),
     "crack": lambda seed: CrackDefect(seed=seed),
     "mixed": lambda seed: MixedDefect(seed=seed),
+    "halo_burn": lambda seed: HaloBurnDefect(seed=seed),
+    "fading_discolouration": lambda seed: FadingDiscolourationDefect(seed=seed),
+    "soft_rim_stain": lambda seed: SoftRimStainDefect(seed=seed),
 }
+#: Kinds whose faint parts belong to the mask (hard outer edge, change fading down to just above min_diff).
+FAINT_KINDS = ["halo_burn", "fading_discolouration", "soft_rim_stain"]
 
 
 def _texture(batch: int, size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -95,7 +105,7 @@ def test_perlin_keeps_global_rng_untouched() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("name", ["cut_paste_color", "perlin", "hand_drawn", "crack", "mixed"])
+@pytest.mark.parametrize("name", ["cut_paste_color", "perlin", "hand_drawn", "crack", "mixed", *FAINT_KINDS])
 def test_single_channel_images(name: str) -> None:
     gen = FACTORIES[name](2)
     images = _texture(2, 32, channels=1)
@@ -207,3 +217,95 @@ def test_synthetic_defect_dataset() -> None:
     images, masks = next(iter(loader))
     assert images.shape == (5, 3, 32, 32)
     assert masks.shape == (5, 1, 32, 32)
+
+
+def _faint_run(name: str, seed: int, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(change (H, W), mask (H, W) bool, faint part of the mask)`` of one defect on ``image``.
+
+    The faint part (halo / rim / faded part) comes from a run on flat grey with the same seed: the geometry does not
+    depend on the image. On grey 0.5 the halo burn's core changes by >= 0.5 * 0.6 / 3 = 0.1, its halo by < 0.08; for
+    the stains it is where the change is below half the peak.
+    """
+    grey = torch.full_like(image, 0.5)
+    out_grey, mask_grey = defect_generator(name, seed)(grey)
+    grey_change = (out_grey - grey).abs().amax(0)
+    inside = mask_grey[0] > 0
+    level = 0.08 if name == "halo_burn" else 0.5 * float(grey_change[inside].max())
+    out, mask = defect_generator(name, seed)(image)
+    assert torch.equal(mask, mask_grey), "the mask depends on the image content"
+    return (out - image).abs().amax(0), inside, inside & (grey_change < level)
+
+
+@pytest.mark.parametrize("name", FAINT_KINDS)
+def test_faint_kinds_exact_deterministic_and_faint(name: str) -> None:
+    texture = _texture(1, 64, seed=3)[0]
+    for seed in range(6):
+        gen = defect_generator(name, seed)
+        out, mask = gen(texture)
+        again, mask_again = defect_generator(name, seed)(texture)
+        assert out.shape == texture.shape
+        assert mask.shape == (1, 64, 64)
+        assert torch.equal(out, again)
+        assert torch.equal(mask, mask_again)
+        assert gen.min_diff == pytest.approx(0.03)
+        assert not gen.soft_edge
+        _assert_exact(texture, out, mask, gen.min_diff)  # min_diff inside, bit-identical outside
+        change, inside, _ = _faint_run(name, seed, texture)
+        # The mask reaches down to the faint level: its faintest pixels changed by about min_diff (a few-pixel mask
+        # may have no pixel centre near its outer edge).
+        if inside.sum() >= 40:
+            assert change[inside].min() <= 1.2 * gen.min_diff
+
+
+@pytest.mark.parametrize(("name", "max_ratio"), [("halo_burn", 0.25), ("soft_rim_stain", 0.4)])
+def test_halo_and_rim_share_and_contrast(name: str, max_ratio: float) -> None:
+    """The faint ring is >= 30 % of the mask, and its mean change is well below the core's (grey and texture)."""
+    for image in (torch.full((3, 64, 64), 0.5), _texture(1, 64, seed=5)[0]):
+        for seed in range(8):
+            change, inside, faint = _faint_run(name, seed, image)
+            strong = inside & ~faint
+            assert faint.sum() >= 0.30 * inside.sum(), f"seed {seed}: faint part {faint.sum()} of {inside.sum()}"
+            assert strong.any()
+            assert change[faint].mean() <= max_ratio * change[strong].mean(), f"seed {seed}"
+
+
+def test_fading_discolouration_is_mostly_low_contrast() -> None:
+    checked = 0
+    for seed in range(12):
+        change, inside, faint = _faint_run("fading_discolouration", seed, torch.full((3, 64, 64), 0.5))
+        if inside.sum() >= 40:  # a few-pixel blob samples its fade too coarsely
+            checked += 1
+            assert change[inside].max() >= 0.12 - 1e-6  # the strong side is visible
+            assert faint.sum() >= 0.3 * inside.sum(), f"seed {seed}"
+    assert checked >= 6
+
+
+def test_halo_burn_tints_a_grey_background() -> None:
+    """On grey the halo darkens blue most and red least: a yellowish-brown colour change, not only a grey one."""
+    grey = torch.full((3, 64, 64), 0.5)
+    for seed in range(6):
+        out, _ = defect_generator("halo_burn", seed)(grey)
+        _, _, halo = _faint_run("halo_burn", seed, grey)
+        drop = (grey - out)[:, halo].mean(1)  # per-channel mean darkening (R, G, B)
+        assert drop[2] > drop[1] > drop[0] > 0
+        assert drop[0] <= 0.75 * drop[2]
+        assert (out[2, halo] < out[0, halo]).all()  # every halo pixel is coloured (less blue than red)
+
+
+@pytest.mark.parametrize("name", FAINT_KINDS)
+def test_faint_kinds_span_the_size_bins(name: str) -> None:
+    image = torch.full((3, 128, 128), 0.5)
+    areas = [float(defect_generator(name, seed)(image)[1].mean()) for seed in range(30)]
+    bins = {size_bin(area) for area in areas}
+    assert len(bins) >= 3, bins
+    assert min(areas) < 0.01
+    assert max(areas) >= 0.04
+
+
+def test_faint_kinds_reject_bad_ranges() -> None:
+    with pytest.raises(ValueError, match="halo_range"):
+        HaloBurnDefect(halo_range=(0.8, 1.2))
+    with pytest.raises(ValueError, match="rim_range"):
+        SoftRimStainDefect(rim_range=(1.6, 1.3))
+    with pytest.raises(ValueError, match="fade_range"):
+        FadingDiscolourationDefect(fade_range=(2.0, 1.0))

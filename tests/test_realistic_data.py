@@ -12,8 +12,11 @@ from anomalib_pixelrefine.data import (
     DEFAULT_DEFECTS,
     SIZE_BINS,
     BurnDefect,
+    FadingDiscolourationDefect,
+    HaloBurnDefect,
     PittingDefect,
     ScratchDefect,
+    SoftRimStainDefect,
     StainDefect,
     TextureSwapDefect,
     build_default_benchmark,
@@ -24,7 +27,16 @@ from anomalib_pixelrefine.data import (
 )
 from anomalib_pixelrefine.metrics import EmptyMaskRate, GoodFPArea, MeanImageDice, MeanImageIoU
 
-NEW_KINDS = [StainDefect, BurnDefect, PittingDefect, ScratchDefect, TextureSwapDefect]
+NEW_KINDS = [
+    StainDefect,
+    BurnDefect,
+    PittingDefect,
+    ScratchDefect,
+    TextureSwapDefect,
+    HaloBurnDefect,
+    FadingDiscolourationDefect,
+    SoftRimStainDefect,
+]
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,9 @@ DEFAULT_DEFECTS = (
     "pitting",
     "scratch",
     "texture_swap",
+    "halo_burn",
+    "fading_discolouration",
+    "soft_rim_stain",
 )
 #: Categories with real defects and image labels only (no masks).
 IMAGE_LEVEL_CATEGORIES = ("elpv_real",)
@@ -535,7 +538,8 @@ def build_default_benchmark(
     (defect-free monocrystalline solar cells of the ELPV data set, when ``elpv-dataset`` is installed). Each gets
     ``n_train`` normal training images, ``n_test_good`` normal test images and ``n_test_defect`` images per defect
     kind in ``defects`` (:data:`DEFAULT_DEFECTS`: cut-paste colour/patch, scar, Perlin, hand-drawn, crack, stain,
-    burn, pitting, scratch, texture swap; ~0.02-10 % of the image) with exact masks. ``elpv_real`` (asked for by
+    burn, pitting, scratch, texture swap, and the faint-extent kinds halo burn, fading discolouration and soft-rim
+    stain, whose faint parts are annotated; ~0.02-10 % of the image) with exact masks. ``elpv_real`` (asked for by
     name) holds *real* defective monocrystalline cells (defect probability 1.0, ``n_test_defect * len(defects)``
     of them in ``test/defect``) with image labels only.
 

@@ -4,7 +4,9 @@ Every generator takes a normal image (float tensor in ``[0, 1]``, shape ``(C, H,
 the defective image and its binary mask (``(1, H, W)`` or ``(B, 1, H, W)``). The mask is exact: every masked pixel
 differs from the original by at least ``min_diff`` in some channel (the "far from the original" check of F2PAD,
 eq. 16), and pixels outside the mask are bit-identical to the input, except for the soft-edged kinds (stains, burns),
-whose faint halo below the annotated level stays, as around real stains.
+whose faint halo below the annotated level stays, as around real stains. The faint-extent kinds (halo burn, fading
+discolouration, soft-rim stain) annotate their faint parts instead (the whole visibly altered region, as in MVTec AD):
+their change fades down to just above ``min_diff`` and stops at a hard mask edge.
 
 Generators:
     * :class:`CutPaste` - rectangle filled with a random colour (F2PAD eq. 16) or with a patch cut from another image
@@ -18,6 +20,10 @@ Generators:
     * :class:`PittingDefect` - cluster of tiny spots.
     * :class:`ScratchDefect` - thin, low-contrast, gently curved line.
     * :class:`TextureSwapDefect` - large irregular region filled with another texture (cut-paste / texture swap).
+    * :class:`HaloBurnDefect` - charred burn core with a faint, brownish-tinted halo ring (both annotated).
+    * :class:`FadingDiscolourationDefect` - discoloured blob whose change fades (linearly or radially) down to
+      ``min_diff``; most of its mask is low contrast.
+    * :class:`SoftRimStainDefect` - stain with a moderately visible interior and a wide, faint, annotated rim.
     * :class:`MixedDefect` - picks one generator per image (default: PNI's four kinds in equal shares).
 
 All randomness comes from a ``torch.Generator`` (the ``generator`` argument of ``forward``, else an internal one seeded
@@ -50,11 +56,14 @@ __all__ = [
     "CutPaste",
     "CutPasteScar",
     "DefectGenerator",
+    "FadingDiscolourationDefect",
+    "HaloBurnDefect",
     "HandDrawnDefect",
     "MixedDefect",
     "PerlinDefect",
     "PittingDefect",
     "ScratchDefect",
+    "SoftRimStainDefect",
     "StainDefect",
     "SyntheticDefectDataset",
     "TextureSwapDefect",
@@ -663,10 +672,19 @@ def _random_blob(
     width: int,
     area_range: tuple[float, float],
     generator: torch.Generator,
+    outer: float = 1.0,
 ) -> torch.Tensor:
-    """:func:`irregular_blob` distance field of a blob whose area is drawn log-uniformly from ``area_range``."""
-    radius = math.sqrt(_log_uniform(generator, *area_range) * height * width / math.pi)
+    """:func:`irregular_blob` distance field of a blob whose area is drawn log-uniformly from ``area_range``.
+
+    With ``outer > 1`` the area is that of the blob scaled by ``outer`` (distance < ``outer``): a core with a ring.
+    """
+    radius = math.sqrt(_log_uniform(generator, *area_range) * height * width / math.pi) / outer
     return irregular_blob(height, width, _random_center(height, width, generator), radius, generator)
+
+
+def _fade(position: torch.Tensor, peak: float | torch.Tensor, floor: float, gamma: float = 1.0) -> torch.Tensor:
+    """Change magnitude fading from ``peak`` at ``position`` 0 to ``floor`` at 1 (``(1 - position) ** gamma`` ramp)."""
+    return floor + (peak - floor) * (1 - position.clamp(0, 1)) ** gamma
 
 
 class StainDefect(DefectGenerator):
@@ -710,9 +728,21 @@ class StainDefect(DefectGenerator):
         alpha = self._profile(distance.to(image.device))
         sign = 1.0 if _uniform(generator, 0, 1) < 0.5 else -1.0
         shift = sign * _uniform(generator, *self.contrast_range)
-        channel = 1 - self.tint * torch.rand(image.shape[0], 1, 1, generator=generator)
-        out = image + alpha[None] * shift * channel.to(image)
+        out = image + alpha[None] * shift * self._channel_weights(image, generator)
         return out, alpha >= 0.5
+
+    def _channel_weights(self, image: Tensor, generator: Generator) -> Tensor:
+        """Per-channel share ``(C, 1, 1)`` of the shift: ``1 - tint * u`` with ``u`` uniform in ``[0, 1)``."""
+        return (1 - self.tint * torch.rand(image.shape[0], 1, 1, generator=generator)).to(image)
+
+    @property
+    def faint_level(self) -> float:
+        """Smallest change the faint-extent kinds paint in their mask: 10 % above ``min_diff``.
+
+        The margin keeps float rounding and 8-bit PNG quantisation (half a grey level, 0.002) from pushing the
+        faintest annotated pixels below ``min_diff``.
+        """
+        return 1.1 * self.min_diff
 
 
 class BurnDefect(StainDefect):
@@ -741,11 +771,15 @@ class BurnDefect(StainDefect):
     def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
         height, width = image.shape[-2:]
         distance = _random_blob(height, width, self.area_range, generator)
+        out, gradient = self._char(image, distance, generator)
+        return out, gradient >= 1 / 3
+
+    def _char(self, image: Tensor, distance: Tensor, generator: Generator) -> Pair:
+        """Darken ``image`` around the blob of ``distance``; returns the image and the gradient ``g`` ``(H, W)``."""
         # Gaussian fall-off reaching 1/3 of the peak on the boundary (distance 1).
         gradient = torch.exp(-math.log(3.0) * distance.to(image.device) ** 2)
         depth = _uniform(generator, *self.depth_range)
-        out = image * (1 - depth * gradient[None])
-        return out, gradient >= 1 / 3
+        return image * (1 - depth * gradient[None]), gradient
 
 
 class PittingDefect(DefectGenerator):
@@ -870,6 +904,175 @@ class TextureSwapDefect(DefectGenerator):
         return fill, distance.to(image.device) < 1
 
 
+def _halo_tint(image: Tensor, tint: float, generator: Generator) -> Tensor:
+    """Per-channel share ``(C, 1, 1)`` of a yellowish-brown darkening: 1 in the last channel (blue), least in the first.
+
+    Channel ``c`` of ``C`` gets ``1 - tint * u_c * (C - 1 - c) / (C - 1)`` with ``u_c`` uniform in ``[0.5, 1)``; a
+    single channel gets 1.
+    """
+    channels = image.shape[0]
+    spread = 0.5 + 0.5 * torch.rand(channels, generator=generator)
+    order = torch.linspace(1, 0, channels) if channels > 1 else torch.zeros(1)
+    return (1 - tint * spread * order).view(-1, 1, 1).to(image)
+
+
+class HaloBurnDefect(BurnDefect):
+    """Burn with a faint halo: a charred core (:class:`BurnDefect`'s darkening) inside a brownish-tinted ring.
+
+    The core is a :class:`BurnDefect` blob of radius ``r``. Around it, out to ``outer * r`` (``outer`` from
+    ``halo_range``), the surface is faintly discoloured: darkened most in the last channel and least in the first (a
+    yellowish-brown tint on RGB images, a colour change even on grey ones). The halo's change fades linearly from its
+    peak at the core's edge to :attr:`faint_level` (just above ``min_diff``) at the outer edge, where the mask ends:
+    a hard edge, pixels outside the mask are unchanged. The mask is core + halo, the whole visibly altered region
+    (the convention of MVTec AD); the halo covers ``1 - 1 / outer**2`` of it (41-56 %, less where the image border
+    clips the ring).
+
+    The halo's peak is ``halo_strength`` times the core's mean change (max over channels), at least
+    :attr:`faint_level`, so the halo's mean change stays below a quarter of the core's, except where the background
+    is too dark for the core to change much (mean intensity below ~0.25).
+
+    Args:
+        area_range: Range of the masked area (core + halo) relative to the image area (sampled log-uniformly).
+        depth_range: Range of the core's peak darkening factor.
+        halo_range: Range of the halo's outer radius relative to the core's radius.
+        halo_strength: Range of the halo's peak change relative to the core's mean change.
+        tint: Spread of the halo's change between channels (0: grey); see :func:`_halo_tint`.
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
+    """
+
+    soft_edge = False
+    default_min_diff = 0.03  # the halo is faint
+
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.001, 0.08),
+        depth_range: tuple[float, float] = (0.6, 0.9),
+        halo_range: tuple[float, float] = (1.3, 1.5),
+        halo_strength: tuple[float, float] = (0.12, 0.22),
+        tint: float = 0.6,
+        **base: Any,
+    ) -> None:
+        super().__init__(area_range=area_range, depth_range=depth_range, **base)
+        self.halo_range = _check_range("halo_range", halo_range, 1.0 + 1e-3)
+        self.halo_strength = _check_range("halo_strength", halo_strength, 0.0)
+        self.tint = float(tint)
+
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
+        height, width = image.shape[-2:]
+        outer = _uniform(generator, *self.halo_range)
+        distance = _random_blob(height, width, self.area_range, generator, outer).to(image.device)
+        charred, gradient = self._char(image, distance, generator)
+        core = gradient >= 1 / 3  # BurnDefect's mask
+        core_change = float((charred - image).abs().amax(0)[core].mean()) if core.any() else 0.0
+        peak = max(core_change * _uniform(generator, *self.halo_strength), self.faint_level)
+        ring = _fade((distance - 1) / (outer - 1), peak, self.faint_level)
+        halo = image - ring[None] * _halo_tint(image, self.tint, generator)
+        return torch.where(core[None], charred, halo), distance < outer
+
+
+class FadingDiscolourationDefect(StainDefect):
+    """Discolouration fading out gradually: strongest at one side (linear ramp) or the centre (radial ramp).
+
+    An irregular blob is tinted (:class:`StainDefect`'s colour shift, scaled so the strongest channel gets the full
+    change) with a magnitude falling from ``contrast`` to :attr:`faint_level` (just above ``min_diff``) as
+    ``(1 - t) ** gamma``, where ``t`` runs from 0 to 1 across the blob along a random direction, or from its centre to
+    its outline. The mask is the whole blob, the whole visibly altered region down to the ``min_diff`` level, so most
+    of it is low contrast; it ends with a hard edge (pixels outside it are unchanged).
+
+    Args:
+        area_range: Range of the masked area relative to the image area (sampled log-uniformly).
+        contrast_range: Range of the peak change.
+        fade_range: Range of the fade exponent ``gamma`` (larger: the strong part is narrower).
+        radial_share: Probability of a radial (centre-out) rather than a linear (side-to-side) fade.
+        tint: Strength of the colour difference between channels (0: the same shift in every channel).
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
+    """
+
+    soft_edge = False
+    default_min_diff = 0.03  # most of the region is faint
+
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.001, 0.08),
+        contrast_range: tuple[float, float] = (0.12, 0.3),
+        fade_range: tuple[float, float] = (1.0, 2.5),
+        radial_share: float = 0.5,
+        tint: float = 0.4,
+        **base: Any,
+    ) -> None:
+        super().__init__(area_range=area_range, contrast_range=contrast_range, tint=tint, **base)
+        self.fade_range = _check_range("fade_range", fade_range, 0.1)
+        self.radial_share = float(radial_share)
+
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
+        height, width = image.shape[-2:]
+        distance = _random_blob(height, width, self.area_range, generator).to(image.device)
+        inside = distance < 1
+        angle = _uniform(generator, 0, 2 * math.pi)
+        if _uniform(generator, 0, 1) < self.radial_share or not inside.any():
+            position = distance
+        else:
+            ys, xs = _pixel_grid(height, width, image.device)
+            along = xs * math.cos(angle) + ys * math.sin(angle)
+            low, high = along[inside].min(), along[inside].max()
+            position = (along - low) / (high - low).clamp_min(1.0)
+        gamma = _uniform(generator, *self.fade_range)
+        sign = 1.0 if _uniform(generator, 0, 1) < 0.5 else -1.0
+        peak = max(_uniform(generator, *self.contrast_range), self.faint_level)
+        magnitude = _fade(position, peak, self.faint_level, gamma)
+        channel = self._channel_weights(image, generator)
+        return image + sign * magnitude[None] * channel / channel.amax(), inside
+
+
+class SoftRimStainDefect(StainDefect):
+    """Stain with a moderately visible interior and a wide, soft, faint rim that belongs to the defect.
+
+    The interior is a :class:`StainDefect` (change ``contrast``, a sigmoid edge of width ``softness`` at the blob's
+    outline ``r``). Around it, out to ``outer * r`` (``outer`` from ``rim_range``), a rim fades linearly from
+    ``rim_strength * contrast`` to :attr:`faint_level` (just above ``min_diff``); the change is the larger of the two.
+    The mask is interior + rim, with a hard outer edge (pixels outside it are unchanged); the rim covers
+    ``1 - 1 / outer**2`` of it (41-61 %, less where the image border clips it).
+
+    Args:
+        area_range: Range of the masked area (interior + rim) relative to the image area (sampled log-uniformly).
+        contrast_range: Range of the interior's change.
+        rim_range: Range of the rim's outer radius relative to the interior's radius.
+        rim_strength: Range of the rim's peak change relative to the interior's.
+        softness: Width of the interior's fading edge relative to its radius.
+        tint: Strength of the colour difference between channels (0: the same shift in every channel).
+        **base: ``min_diff`` and ``seed`` of :class:`DefectGenerator`.
+    """
+
+    soft_edge = False
+    default_min_diff = 0.03  # the rim is faint
+
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.001, 0.08),
+        contrast_range: tuple[float, float] = (0.12, 0.25),
+        rim_range: tuple[float, float] = (1.3, 1.6),
+        rim_strength: tuple[float, float] = (0.15, 0.3),
+        softness: float = 0.12,
+        tint: float = 0.3,
+        **base: Any,
+    ) -> None:
+        super().__init__(area_range=area_range, contrast_range=contrast_range, softness=softness, tint=tint, **base)
+        self.rim_range = _check_range("rim_range", rim_range, 1.0 + 1e-3)
+        self.rim_strength = _check_range("rim_strength", rim_strength, 0.0)
+
+    def _generate(self, image: Tensor, generator: Generator, source: Tensor | None) -> Pair:
+        height, width = image.shape[-2:]
+        outer = _uniform(generator, *self.rim_range)
+        distance = _random_blob(height, width, self.area_range, generator, outer).to(image.device)
+        sign = 1.0 if _uniform(generator, 0, 1) < 0.5 else -1.0
+        contrast = _uniform(generator, *self.contrast_range)
+        rim_peak = max(contrast * _uniform(generator, *self.rim_strength), self.faint_level)
+        rim = _fade((distance - 1) / (outer - 1), rim_peak, self.faint_level)
+        magnitude = torch.maximum(contrast * self._profile(distance), rim)
+        channel = self._channel_weights(image, generator)
+        return image + sign * magnitude[None] * channel / channel.amax(), distance < outer
+
+
 class MixedDefect(DefectGenerator):
     """Pick one generator per image at random.
 
@@ -945,6 +1148,9 @@ def defect_generator(name: str, seed: int) -> DefectGenerator:
         "pitting": lambda: PittingDefect(seed=seed),
         "scratch": lambda: ScratchDefect(seed=seed),
         "texture_swap": lambda: TextureSwapDefect(seed=seed),
+        "halo_burn": lambda: HaloBurnDefect(seed=seed),
+        "fading_discolouration": lambda: FadingDiscolourationDefect(seed=seed),
+        "soft_rim_stain": lambda: SoftRimStainDefect(seed=seed),
     }
     if name not in factories:
         msg = f"Unknown defect kind {name!r}. Known: {', '.join(factories)}."
