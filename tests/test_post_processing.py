@@ -721,3 +721,41 @@ def test_pae_initialisation_fills_only_the_mask() -> None:
     assert torch.isfinite(n0).all()
     assert torch.equal(n0[~fill.expand_as(n0)], image[~fill.expand_as(image)])
     assert not torch.equal(n0[fill.expand_as(n0)], image[fill.expand_as(image)])
+
+
+def _halo_case(thin: bool) -> tuple[torch.Tensor, ...]:
+    """A 64 px scene: a compact core (or a 2 px line) inside the host's above-threshold region, ROI around it."""
+    generator = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    radius = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()
+    core = (yy - 32).abs() <= 1 if thin else radius <= 6
+    host = (radius <= 11) if not thin else (yy - 32).abs() <= 5  # the host's blurred region
+    residual = 0.05 * torch.rand(64, 64, generator=generator)  # background mismatch of the refinement
+    residual = torch.where(core, torch.ones(()), residual)
+    roi = radius <= 20 if not thin else (yy - 32).abs() <= 12
+    host_maps = torch.where(host, 2.0, 0.0)
+    as_batch = [t.reshape(1, 1, 64, 64) for t in (core, residual, host_maps, roi)]
+    return (*as_batch, host, radius)
+
+
+@pytest.mark.parametrize("halo", [0.0, 0.06])
+def test_faint_extent_keeps_the_host_region_of_a_haloed_core_only(halo: float) -> None:
+    core, residual, host_maps, roi, host, radius = _halo_case(thin=False)
+    ring = (host & ~core[0, 0]).reshape(core.shape)
+    residual = residual + halo * ring  # a faint tinted halo: about the mismatch level per pixel, not as a region
+    refiner = _refiner()
+    refiner.host_pixel_threshold.fill_(1.0)
+    extent = refiner.faint_extent(core, residual, host_maps, roi)
+    assert bool(extent.any()) == (halo > 0)
+    if halo > 0:
+        assert torch.equal(extent, ring)  # exactly the host's region around the core
+    refiner.extent_contrast = None
+    assert not refiner.faint_extent(core, residual, host_maps, roi).any()
+
+
+def test_faint_extent_never_widens_a_thin_defect() -> None:
+    line, residual, host_maps, roi, host, _ = _halo_case(thin=True)
+    residual = residual + 0.06 * (host.reshape(line.shape) & ~line)  # even with a faint band along it
+    refiner = _refiner()
+    refiner.host_pixel_threshold.fill_(1.0)
+    assert not refiner.faint_extent(line, residual, host_maps, roi).any()

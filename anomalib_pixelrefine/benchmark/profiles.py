@@ -257,38 +257,42 @@ _CFLOW_HOST = {
     "engine": {"max_epochs": 8},
 }
 
-#: F2PAD with one exemplar window (the default before ``exemplar_windows``), in both refiner comparisons.
-_F2PAD_1WINDOW = {"class_path": "f2pad", "init_args": {"exemplar": {"windows": 1}}, "name": "f2pad_1window"}
+#: The F2PAD variants of the refiner-cost profile: ``f2pad_inpaint`` (Telea background, no optimisation),
+#: ``f2pad_paper`` (Telea and the paper's optimisation with its stopping rule), ``f2pad_1window`` (one exemplar window
+#: per ROI). Their comparison on the realistic data (2026-12-02) is in git history, ``benchmarks/results/
+#: realistic_refiners`` before 2026-12-03: the default F2PAD was ahead of each.
+_F2PAD_VARIANTS = [
+    {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 0}, "name": "f2pad_inpaint"},
+    {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 100}, "name": "f2pad_paper"},
+    {"class_path": "f2pad", "init_args": {"exemplar": {"windows": 1}}, "name": "f2pad_1window"},
+]
 
-#: The refiners on the realistic data: PaDiM, PatchCore and CFLOW (pretrained lite0) alone, with F2PAD (default: the
-#: exemplar background of the training images, no optimisation; ``f2pad_inpaint``: the Telea background, no
-#: optimisation; ``f2pad_paper``: Telea and the paper's optimisation with its stopping rule, the default before
-#: issue 16; ``f2pad_1window``: one exemplar window per ROI, the default before ``exemplar_windows``) and with
-#: PAEDID, on a regular texture and the real solar cells (two backgrounds: refiners cost seconds per image on a shared
-#: 2-core CPU; add ``grass``/``gravel`` where time allows). The hosts' oracle rows are in ``realistic``.
+#: The refiners on the realistic data, next to what an anomalib 2.7 user has for sharp masks: PaDiM and PatchCore
+#: (pretrained lite0) alone (this package's decision rule and default 5 % false-alarm budget), with F2PAD, with
+#: PAEDID and with anomalib's ``MEBinPostProcessor``; CFLOW (seed 0) alone and refined; the segmentation-head models
+#: ``Supersimplenet``, ``Glass`` and ``Draem`` (their own post-processors, as shipped). Every defect kind (4 images of
+#: each per set) on a regular texture and on real solar cells, 30 good test images per set, 3 seeds (the seed changes
+#: the held-back calibration images and the models' randomness; the test images are the same). The operating-point
+#: table (results.md) gives every false-alarm budget. The hosts' oracle rows are in ``realistic``.
 REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
     "output_dir": "./results/benchmark/realistic_refiners",
-    "exclude": [],
+    "n_jobs": 2,
+    "exclude": [
+        {"model": "Cflow", "seed": [1, 2]},
+        {"model": "Cflow", "post_processor": "mebin"},
+    ],
     "benchmark": {
-        "seed": {"grid": [0]},
+        "seed": {"grid": [0, 1, 2]},
         "model": {"grid": [*_REALISTIC_HOST_SPECS, _CFLOW_HOST]},
-        "post_processor": {
-            "grid": [
-                "default",
-                "f2pad",
-                {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 0}, "name": "f2pad_inpaint"},
-                {"class_path": "f2pad", "init_args": {"init": "inpaint", "max_iters": 100}, "name": "f2pad_paper"},
-                _F2PAD_1WINDOW,
-                "paedid",
-            ],
-        },
+        "post_processor": {"grid": ["default", "f2pad", "paedid", "mebin"]},
         "data": {
             **_REALISTIC_DATA,
             "init_args": {
                 **_REALISTIC_DATA["init_args"],
                 "category": {"grid": ["brick", "elpv"]},
                 "n_test_good": 30,
+                "n_test_defect": 4,
                 "val_split_mode": "synthetic",
             },
         },
@@ -309,7 +313,7 @@ REFINER_SPEED_224_PROFILE: dict[str, Any] = {
     "benchmark": {
         **REALISTIC_REFINERS_PROFILE["benchmark"],
         "model": {"grid": _REALISTIC_HOST_SPECS},
-        "post_processor": {"grid": REALISTIC_REFINERS_PROFILE["benchmark"]["post_processor"]["grid"][:4]},
+        "post_processor": {"grid": ["default", "f2pad", *_F2PAD_VARIANTS[:2]]},
         "data": {
             **_REALISTIC_DATA,
             "init_args": {
@@ -319,28 +323,6 @@ REFINER_SPEED_224_PROFILE: dict[str, Any] = {
                 "root": "./datasets/pixelrefine_realistic_224",
                 "val_split_mode": "synthetic",
             },
-        },
-    },
-}
-
-#: Seeds 1 and 2 of the refiner comparison (issue 16: are the per-kind gains more than one seed's luck?): the same
-#: test data as ``realistic_refiners``; the seed changes the held-back calibration images, the hosts' and the
-#: refiners' randomness. PaDiM and PatchCore alone, with the default F2PAD and with one exemplar window.
-REALISTIC_REFINERS_SEEDS_PROFILE: dict[str, Any] = {
-    **REALISTIC_REFINERS_PROFILE,
-    "output_dir": "./results/benchmark/realistic_refiners_seeds",
-    "qualitative_samples": 0,
-    "plots": False,
-    "benchmark": {
-        **REALISTIC_REFINERS_PROFILE["benchmark"],
-        "seed": {"grid": [1, 2]},
-        "model": {"grid": _REALISTIC_HOST_SPECS},
-        "post_processor": {
-            "grid": [
-                "default",
-                "f2pad",
-                _F2PAD_1WINDOW,
-            ],
         },
     },
 }
@@ -664,28 +646,11 @@ PNI_SEEDS_PROFILE: dict[str, Any] = {
 }
 
 
-#: The refiners at the default false-alarm budget (5 % of the held-back normal images above the image
-#: threshold; the decision rule gives no mask below it), with the operating-point table (0/1/5/10 %, synthetic F1) of
-#: results.md. PaDiM and PatchCore alone and with F2PAD / PAEDID, 3 seeds, the ``realistic_refiners`` data.
-REFINERS_FALSE_ALARM_BUDGET_PROFILE: dict[str, Any] = {
-    **REALISTIC_REFINERS_PROFILE,
-    "output_dir": "./results/benchmark/refiners_false_alarm_budget",
-    "qualitative_samples": 0,
-    "benchmark": {
-        **REALISTIC_REFINERS_PROFILE["benchmark"],
-        "seed": {"grid": [0, 1, 2]},
-        "model": {"grid": _REALISTIC_HOST_SPECS},
-        "post_processor": {"grid": ["default", "f2pad", "paedid"]},
-    },
-}
-
-
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": QUICK_PROFILE,
     "full": FULL_PROFILE,
     "realistic": REALISTIC_PROFILE,
     "realistic_refiners": REALISTIC_REFINERS_PROFILE,
-    "realistic_refiners_seeds": REALISTIC_REFINERS_SEEDS_PROFILE,
     "refiner_speed_224": REFINER_SPEED_224_PROFILE,
     "f2pad": F2PAD_PROFILE,
     "pni": PNI_PROFILE,
@@ -698,7 +663,6 @@ PROFILES: dict[str, dict[str, Any]] = {
     "ensemble_vs_members": ENSEMBLE_VS_MEMBERS_PROFILE,
     "pni_vs_patchcore": PNI_VS_PATCHCORE_PROFILE,
     "pni_seeds": PNI_SEEDS_PROFILE,
-    "refiners_false_alarm_budget": REFINERS_FALSE_ALARM_BUDGET_PROFILE,
 }
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
@@ -716,8 +680,9 @@ With your own data, replace `data` by any anomalib datamodule, e.g.
 background, thresholds calibrated on synthetic defects painted on held-back training images (calibration
 `synthetic`) and, for PaDiM/PatchCore, on the test masks themselves (`same_as_test` -> `oracle_test`, an upper
 bound), real ELPV defects.""",
-    "realistic_refiners": """Realistic refiners: PaDiM and PatchCore (pretrained tf_efficientnet_lite0) alone, with
-F2PAD and with PAEDID, same data as `realistic`.""",
+    "realistic_refiners": """Realistic refiners and their peers: PaDiM and PatchCore (pretrained
+tf_efficientnet_lite0) alone, with F2PAD, PAEDID and anomalib's MEBinPostProcessor; CFLOW alone and refined (seed 0);
+Supersimplenet, Glass and Draem; brick and ELPV, 4 images of every defect kind and 30 good images per set, 3 seeds.""",
     "f2pad": """F2PAD (paper tables I-III): PaDiM / PatchCore / CFLOW before and after F2PAD on random-colour cut-paste
 defects; on PatchCore the ablations (init only, w/o pixel prior, w/o sparsity, gradient sharing off, adaptive step
 off, both off = plain Adan, ROI-local off = full-image optimisation).""",
@@ -737,10 +702,5 @@ resnet18) on it at the data's default sizes.""",
 PatchCore with either backbone, 3 seeds.""",
     "pni_vs_patchcore": """Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
     "pni_seeds": """The Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
-    "realistic_refiners_seeds": """Seeds 1-2 of `realistic_refiners`: PaDiM / PatchCore alone, with F2PAD and with one
-exemplar window.""",
-    "refiners_false_alarm_budget": """PaDiM / PatchCore alone, with F2PAD and with PAEDID at the default
-false-alarm budget (decision rule: no mask below the image threshold), operating points 0/1/5/10 %/synthetic F1, 3
-seeds, 30 good test images per set.""",
     "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone and with the F2PAD variants (brick).""",
 }

@@ -44,7 +44,15 @@ from anomalib_pixelrefine.seeding import seeded_module
 
 from .decision import DEFAULT_MAX_FALSE_ALARM_RATE, DecisionPostProcessorMixin
 
-__all__ = ["EXPORT_MESSAGE", "OUTPUTS", "ExportRefusedError", "RefiningPostProcessor", "dilate", "seeded_module"]
+__all__ = [
+    "EXPORT_MESSAGE",
+    "OUTPUTS",
+    "ExportRefusedError",
+    "RefiningPostProcessor",
+    "dilate",
+    "reconstruct",
+    "seeded_module",
+]
 
 #: Refined map units: the host's score units (default) or the method's own pixel-space map (paper).
 OUTPUTS = ("host", "pixel")
@@ -79,6 +87,20 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return mask.bool()
     return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
+
+
+def reconstruct(seed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pixels of ``mask`` connected (8-neighbourhood) to ``seed``: morphological reconstruction by dilation.
+
+    ``(B, 1, H, W)`` bool. Geodesic dilation to convergence on the whole batch (scipy's ``binary_propagation`` works on
+    one image and on the CPU only; kornia has no reconstruction).
+    """
+    grown = seed & mask
+    while True:
+        nxt = dilate(grown, 1) & mask
+        if torch.equal(nxt, grown):
+            return grown
+        grown = nxt
 
 
 def image_range(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +164,10 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
             refined validation maps.
         support_ratio: ``"host"`` output: a pixel belongs to the refined support when its refined anomaly
             ``||x - n||`` exceeds this fraction of the image's largest one inside the ROI (scale-free).
+        extent_contrast: ``"host"`` output: the faint extent of a defect whose core the support found (a burn's
+            tinted halo, a stain's soft rim) keeps the host's evidence: the host's above-threshold region around a
+            compact support is kept when its mean refined anomaly exceeds the host-normal ROI pixels' by this many of
+            their standard deviations (:meth:`faint_extent`). ``None``: off.
         roi_dilation: Dilation radius (px) of the initial mask ``m0`` giving the refined region (ROI).
         follow_image_decision: ``"host"`` output: an image whose host score is above the calibrated image threshold
             but whose map has no pixel above the host's pixel threshold (an anomalous image with an empty mask) gets
@@ -166,6 +192,7 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
         opening_size: int = 0,
         output: str = "host",
         support_ratio: float = 0.3,
+        extent_contrast: float | None = 0.5,
         roi_dilation: int = 6,
         follow_image_decision: bool = True,
         flagged_seed_ratio: float = 0.9,
@@ -183,6 +210,7 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
         check_number(owner, "opening_size", opening_size, 0, integer=True)
         check_choice(owner, "output", output, OUTPUTS)
         check_number(owner, "support_ratio", support_ratio, 0, 1)
+        check_number(owner, "extent_contrast", extent_contrast, 0, optional=True)
         check_number(owner, "roi_dilation", roi_dilation, 0, integer=True)
         check_number(owner, "flagged_seed_ratio", flagged_seed_ratio, 0, 1)
         check_number(owner, "max_train_images", max_train_images, 1, integer=True)
@@ -193,6 +221,7 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
         self.opening_size = opening_size
         self.output = output
         self.support_ratio = support_ratio
+        self.extent_contrast = extent_contrast
         self.roi_dilation = roi_dilation
         self.follow_image_decision = bool(follow_image_decision)
         self.flagged_seed_ratio = flagged_seed_ratio
@@ -260,6 +289,7 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
             "follow_image_decision",
             "flagged_seed_ratio",
             "support_ratio",
+            "extent_contrast",
             "roi_dilation",
             "max_train_images",
             "seed",
@@ -502,6 +532,8 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
         - other ROI pixels get ``min(h, h')``, with ``h'`` the host map of the image whose support pixels were
           replaced by the background: the host evidence the support does not explain stays (e.g. the interior of
           a large texture defect whose pixels look normal one by one), the rest drops;
+        - the host's above-threshold region around a compact support keeps ``h`` when it holds the faint extent of
+          the same defect (a burn's halo, a stain's rim: :meth:`faint_extent`);
         - outside the ROI the host map is unchanged (its ranking, hence pixel AUROC there, is kept).
 
         Args:
@@ -517,16 +549,53 @@ class RefiningPostProcessor(DecisionPostProcessorMixin, PostProcessor):
         residual = (pixels - background).pow(2).sum(1, keepdim=True).sqrt() * roi
         peak_residual = residual.flatten(1).amax(1).view(-1, 1, 1, 1)
         support = roi & (residual > self.support_ratio * peak_residual) & (peak_residual > 0)
+        extent = self.faint_extent(support, residual, host_maps, roi)
         maps = host_maps.clone()
         todo = support.flatten(1).any(1)
         if bool(todo.any()):
             cleaned = torch.where(support[todo], background[todo], pixels[todo])
             unexplained = torch.minimum(host_maps[todo], self.host_maps_of(host_model, cleaned))
+            unexplained = torch.where(extent[todo], host_maps[todo], unexplained)
             roi_t, h = roi[todo], host_maps[todo]
             peak = torch.where(roi_t, h, torch.full_like(h, -torch.inf)).flatten(1).amax(1).view(-1, 1, 1, 1)
             inside = torch.where(support[todo], torch.maximum(h, peak), unexplained)
             maps[todo] = torch.where(roi_t, inside, h)
         return maps, support
+
+    def faint_extent(
+        self,
+        support: torch.Tensor,
+        residual: torch.Tensor,
+        host_maps: torch.Tensor,
+        roi: torch.Tensor,
+    ) -> torch.Tensor:
+        """The host's region around a compact support when it holds the same defect's faint extent (else empty).
+
+        Candidate: the ROI pixels above the host's pixel threshold connected to a compact part of the support (one
+        holding a 5 x 5 square: thin cracks and scratches keep their width). One pixel of a faint halo is no more
+        anomalous than the background mismatch of the refinement, but the whole region is: the candidate is kept
+        when its mean refined anomaly exceeds that of the ROI pixels the host calls normal by ``extent_contrast`` of
+        their standard deviation (the blurred rim of a sharp defect is mismatch only and stays out).
+        """
+        contrast, threshold = self.extent_contrast, self.host_pixel_threshold
+        if contrast is None or torch.isnan(threshold):
+            return torch.zeros_like(support)
+        above = roi & (host_maps > threshold.to(host_maps))
+        compact = reconstruct(opening(support.float(), support.new_ones(5, 5, dtype=torch.float)) > 0.5, support)
+        candidate = reconstruct(compact, above | compact) & ~support
+        normal = roi & ~above & ~support
+
+        def mean_std(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            count = region.flatten(1).sum(1).clamp_min(1)
+            values = torch.where(region, residual, 0).flatten(1)
+            mean = values.sum(1) / count
+            var = torch.where(region.flatten(1), (residual.flatten(1) - mean[:, None]) ** 2, 0).sum(1) / count
+            return mean, var.sqrt()
+
+        (extent_mean, _), (normal_mean, normal_std) = mean_std(candidate), mean_std(normal)
+        enough = (candidate.flatten(1).sum(1) > 0) & (normal.flatten(1).sum(1) >= 16)
+        keep = enough & (extent_mean > normal_mean + contrast * normal_std)
+        return candidate & keep.view(-1, 1, 1, 1)
 
     def refine_batch(
         self,
