@@ -307,11 +307,14 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
 REFINER_SPEED_224_PROFILE: dict[str, Any] = {
     **REALISTIC_REFINERS_PROFILE,
     "output_dir": "./results/benchmark/refiner_speed_224",
+    "n_jobs": 1,
+    "exclude": [],
     "image_size": 224,
     "isolation": "none",
     "plots": False,
     "benchmark": {
         **REALISTIC_REFINERS_PROFILE["benchmark"],
+        "seed": {"grid": [0]},
         "model": {"grid": _REALISTIC_HOST_SPECS},
         "post_processor": {"grid": ["default", "f2pad", *_F2PAD_VARIANTS[:2]]},
         "data": {
