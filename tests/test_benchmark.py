@@ -109,7 +109,9 @@ def test_one_padim_job_writes_tables_and_plots(tiny_mvtec_root: Path, tmp_path: 
         tp = (part["dice"] * (part["pred_area_fraction"] + part["area_fraction"]) / 2).sum()
         deployed = 2 * tp / (pool["pred_area_fraction"].sum() + pool["area_fraction"].sum())
         assert deployed - 1e-6 <= row[f"oracle_dice_{size}"] <= 1.0, size
-    assert "Oracle best Dice by defect size" in markdown
+        assert 0.0 <= row[f"aupro_{size}"] <= 1.0, size
+    assert "Oracle best Dice (threshold picked on the test masks in hindsight) by defect size" in markdown
+    assert "AUPRO by defect size" in markdown
     pngs = [
         out / "plots" / "bars_MVTecAD_gravel.png",
         out / "plots" / "dice_vs_size.png",

@@ -175,27 +175,29 @@ def breakdown_tables(per_image: Any) -> str:
     return "\n\n".join(sections)
 
 
-def oracle_bin_table(frame: Any) -> str:
-    """Oracle best Dice per size bin (columns ``oracle_dice_<bin>``), mean over datasets and seeds per method.
+def oracle_bin_table(frame: Any, prefix: str = "oracle_dice_") -> str:
+    """Oracle best Dice (or AUPRO, ``prefix="aupro_"``) per size bin, mean over datasets and seeds per method.
 
     Args:
         frame: Result rows.
+        prefix: Column prefix of the per-bin values (``oracle_dice_<bin>``, ``aupro_<bin>``).
 
     Returns:
         Markdown table, rows = model/post-processor/calibration, one column per size bin; ``""`` without such columns.
     """
     from anomalib_pixelrefine.data import SIZE_BINS
 
-    columns = [f"oracle_dice_{name}" for name, _, _ in SIZE_BINS if f"oracle_dice_{name}" in frame.columns]
+    columns = [f"{prefix}{name}" for name, _, _ in SIZE_BINS if f"{prefix}{name}" in frame.columns]
     keys = [key for key in _METHOD if key in frame.columns]
     if not columns or not keys:
         return ""
     done = frame[frame["status"] == "ok"] if "status" in frame.columns else frame
     means = done.groupby(keys, sort=False)[columns].mean().reset_index()
-    bins = [column.removeprefix("oracle_dice_") for column in columns]
+    bins = [column.removeprefix(prefix) for column in columns]
+    what = "Oracle best Dice (threshold picked on the test masks in hindsight)" if prefix == "oracle_dice_" else "AUPRO"
     title = (
-        "Oracle best Dice by defect size (threshold picked on the test masks in hindsight; each bin's defective "
-        "images pooled with all good images; mean over datasets and seeds):"
+        f"{what} by defect size (each bin's defective images pooled with all good images; mean over datasets and "
+        "seeds):"
     )
     return f"{title}\n\n" + _table(means.rename(columns=dict(zip(columns, bins, strict=True))), [*keys, *bins])
 
@@ -462,7 +464,12 @@ def write_results(
         header += "".join(f"- {key}: `{value}`\n" for key, value in metadata.items() if key != "config")
         header += "\n"
     per_image = frame.attrs.get("per_image")
-    parts = (operating_point_table(frame), breakdown_tables(per_image), oracle_bin_table(frame))
+    parts = (
+        operating_point_table(frame),
+        breakdown_tables(per_image),
+        oracle_bin_table(frame),
+        oracle_bin_table(frame, "aupro_"),
+    )
     breakdown = "\n\n".join(part for part in parts if part)
     files["md"].write_text(header + markdown_table(frame) + ("\n\n" + breakdown if breakdown else "") + "\n")
     if per_image is not None and len(per_image):
