@@ -240,6 +240,30 @@ def install_offline_weights(init_args: dict[str, Any]) -> None:
             ensure_offline_weights(spec["backbone"])
 
 
+#: Model arguments naming a folder of anomaly-source textures that anomalib downloads (DTD) when it is missing.
+TEXTURE_DIR_ARGS = ("dtd_dir",)
+
+
+def prepare_texture_dirs(init_args: dict[str, Any]) -> list[str]:
+    """Create the missing texture folders a model's ``init_args`` name (``Draem``'s ``dtd_dir``), empty.
+
+    anomalib downloads DTD into a missing ``dtd_dir``, which fails offline; with an existing folder without images its
+    ``PerlinAnomalyGenerator`` paints Perlin-noise textures instead (anomalib's own fallback). A folder that exists is
+    used as it is; the default ``dtd_dir`` (not in ``init_args``) is left to anomalib.
+
+    Returns:
+        The folders created.
+    """
+    created = []
+    for key in TEXTURE_DIR_ARGS:
+        value = init_args.get(key)
+        if isinstance(value, str | Path) and not Path(value).exists():
+            Path(value).mkdir(parents=True)
+            created.append(str(value))
+            logger.warning("%s %s did not exist: created empty (no textures: Perlin-noise anomalies).", key, value)
+    return created
+
+
 def is_image_level(spec: str | dict[str, Any]) -> bool:
     """Whether a data specification is an image-level category of the embedded data (no masks)."""
     from anomalib_pixelrefine.data import IMAGE_LEVEL_CATEGORIES
@@ -695,6 +719,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
         seed_everything(self.seed, workers=True)
         model_spec = self._model_spec()
         install_offline_weights(model_spec.get("init_args") or {})
+        prepare_texture_dirs(model_spec.get("init_args") or {})
         model_cls = resolve_model_class(model_spec["class_path"])
         post_processor = resolve_post_processor(self.job_config.get("post_processor"))
         datamodule = build_datamodule(self.job_config["data"], self.seed)

@@ -16,6 +16,8 @@ from typing import Any
 __all__ = [
     "DESCRIPTIONS",
     "FULL_PROFILE",
+    "PEERS_SMOKE_PROFILE",
+    "PEER_MAX_EPOCHS",
     "PNI_CPU_ARGS",
     "PROFILES",
     "QUICK_PROFILE",
@@ -267,24 +269,78 @@ _F2PAD_VARIANTS = [
     {"class_path": "f2pad", "init_args": {"exemplar": {"windows": 1}}, "name": "f2pad_1window"},
 ]
 
+# ------------------------------------------------------------------------------------------ segmentation peers
+#: Where Draem's ``dtd_dir`` points: an empty folder (the job creates it), so anomalib paints Perlin-noise textures
+#: instead of downloading DTD (offline).
+_NO_DTD = "./datasets/pixelrefine_no_dtd"
+
+
+#: lite0 layers of the peers by the stride of the first one (``image_size // 16``, at most 8).
+_PEER_LAYERS = {8: ["blocks.2", "blocks.4"], 4: ["blocks.1", "blocks.2"], 2: ["blocks.0", "blocks.1"]}
+
+
+def _segmentation_peers(image_size: int = 128, max_epochs: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The anomalib models with a trained segmentation head, offline: pretrained lite0 where they take a backbone.
+
+    At 128 px and above ``blocks.2``/``blocks.4`` of tf_efficientnet_lite0 (strides 8 and 16, as their default
+    ``layer2``/``layer3`` of (wide) ResNets). Smaller images take the layers one stride finer per halving
+    (:data:`_PEER_LAYERS`): SuperSimpleNet paints its Perlin masks on a feature map 2x the first layer's size, and
+    anomalib draws Perlin scales up to 32, which fail on a map smaller than 32 x 32 (at 64 px with stride 8:
+    ``RuntimeError: The size of tensor a (8) must match the size of tensor b (0)``). GLASS's ``input_shape`` must be
+    the image size. Everything else is anomalib's default, their post-processor too (``default``). ``max_epochs``: per
+    class, overriding the 128 px budget below.
+    """
+    epochs = {**PEER_MAX_EPOCHS, **(max_epochs or {})}
+    layers = _PEER_LAYERS[max(2, min(8, image_size // 16))]
+    args = {
+        "Supersimplenet": {"backbone": "tf_efficientnet_lite0", "layers": list(layers)},
+        "Glass": {
+            "backbone": "tf_efficientnet_lite0",
+            "layers": list(layers),
+            "pre_trained": True,
+            "input_shape": [image_size, image_size],
+        },
+        "Draem": {"dtd_dir": _NO_DTD},
+    }
+    return [
+        {"class_path": name, "init_args": init_args, "engine": {"max_epochs": epochs[name]}}
+        for name, init_args in args.items()
+    ]
+
+
+#: The longest training within ~3 min per model and data set at 128 px (30 training images, one thread, measured
+#: 2026-12-03 at load 1.0-2.4 on the shared 2-core box):
+#: * Supersimplenet: 6.4 s set-up + 6.7 s per epoch -> 25 epochs (~175 s);
+#: * Glass: 2.6 s set-up + 45.5 s per epoch (1 epoch: 48 s, 3 epochs: 139 s) -> 4 epochs (~185 s);
+#: * Draem (trains both networks from scratch): one epoch takes 247 s (+ 22 s test): one epoch already exceeds the
+#:   budget, so 1 (an untrained Draem: image AUROC 0.42 on brick after it).
+PEER_MAX_EPOCHS: dict[str, int] = {"Supersimplenet": 25, "Glass": 4, "Draem": 1}
+
+#: The segmentation-head peers at 128 px, ready for the ``realistic_refiners`` model grid (post-processor
+#: ``default``: their own).
+_SEGMENTATION_PEERS = _segmentation_peers(128)
+
 #: The refiners on the realistic data, next to what an anomalib 2.7 user has for sharp masks: PaDiM and PatchCore
 #: (pretrained lite0) alone (this package's decision rule and default 5 % false-alarm budget), with F2PAD, with
 #: PAEDID and with anomalib's ``MEBinPostProcessor``; CFLOW (seed 0) alone and refined; the segmentation-head models
-#: ``Supersimplenet``, ``Glass`` and ``Draem`` (their own post-processors, as shipped). Every defect kind (4 images of
-#: each per set) on a regular texture and on real solar cells, 30 good test images per set, 3 seeds (the seed changes
-#: the held-back calibration images and the models' randomness; the test images are the same). The operating-point
-#: table (results.md) gives every false-alarm budget. The hosts' oracle rows are in ``realistic``.
+#: ``Supersimplenet``, ``Glass`` and ``Draem`` (seed 0; their own post-processors, as shipped). Every defect kind (4
+#: images of each per set) on a regular texture and on real solar cells, 30 good test images per set, 3 seeds (the
+#: seed changes the held-back calibration images and the models' randomness; the test images are the same). The
+#: operating-point table (results.md) gives every false-alarm budget. The hosts' oracle rows are in ``realistic``.
 REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     **{key: value for key, value in REALISTIC_PROFILE.items() if key not in {"benchmark", "exclude", "output_dir"}},
     "output_dir": "./results/benchmark/realistic_refiners",
     "n_jobs": 2,
     "exclude": [
-        {"model": "Cflow", "seed": [1, 2]},
+        # CFLOW (8 epochs) and the peers (~3 min of training per set): seed 0 only, for CPU time.
+        {"model": ["Cflow", *PEER_MAX_EPOCHS], "seed": [1, 2]},
         {"model": "Cflow", "post_processor": "mebin"},
+        # The peers keep their own post-processor (F2PAD has no scorer for them; MEBin replaces their head's mask).
+        {"model": list(PEER_MAX_EPOCHS), "post_processor": ["f2pad", "paedid", "mebin"]},
     ],
     "benchmark": {
         "seed": {"grid": [0, 1, 2]},
-        "model": {"grid": [*_REALISTIC_HOST_SPECS, _CFLOW_HOST]},
+        "model": {"grid": [*_REALISTIC_HOST_SPECS, _CFLOW_HOST, *_SEGMENTATION_PEERS]},
         "post_processor": {"grid": ["default", "f2pad", "paedid", "mebin"]},
         "data": {
             **_REALISTIC_DATA,
@@ -649,6 +705,17 @@ PNI_SEEDS_PROFILE: dict[str, Any] = {
 }
 
 
+#: Smoke test of the peers' path (64 px brick, one seed, one epoch each): Supersimplenet, Glass and Draem with their
+#: own post-processor, PaDiM with its own and with anomalib's MEBin (``mebin``).
+PEERS_SMOKE_PROFILE: dict[str, Any] = _method_profile(
+    "peers_smoke",
+    [_PADIM_64, *_segmentation_peers(64, dict.fromkeys(PEER_MAX_EPOCHS, 1))],
+    _method_data("peers_smoke", ["brick"]),
+    post_processor={"grid": ["default", "mebin"]},
+    exclude=[{"model": list(PEER_MAX_EPOCHS), "post_processor": ["mebin"]}],
+)
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": QUICK_PROFILE,
     "full": FULL_PROFILE,
@@ -666,6 +733,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "ensemble_vs_members": ENSEMBLE_VS_MEMBERS_PROFILE,
     "pni_vs_patchcore": PNI_VS_PATCHCORE_PROFILE,
     "pni_seeds": PNI_SEEDS_PROFILE,
+    "peers_smoke": PEERS_SMOKE_PROFILE,
 }
 
 #: What each profile measures (the header of its ``benchmarks/configs/<name>.yaml``).
@@ -705,5 +773,8 @@ resnet18) on it at the data's default sizes.""",
 PatchCore with either backbone, 3 seeds.""",
     "pni_vs_patchcore": """Pni without R after the end-of-fit validation fix, plus a cheaper N.""",
     "pni_seeds": """The Pni CPU settings (P + N, no R) against PatchCore lite0, 3 seeds.""",
+    "peers_smoke": """Smoke test of anomalib's segmentation-head peers (Supersimplenet and Glass on pretrained lite0,
+Draem from scratch, one epoch each, their own post-processor) and of anomalib's MEBin post-processor on PaDiM, 64 px
+brick.""",
     "refiner_speed_224": """Refiner cost at 224 px: PaDiM / PatchCore alone and with the F2PAD variants (brick).""",
 }

@@ -7,6 +7,7 @@ See ``README.md`` in this folder.
 from .base import RefiningPostProcessor
 from .decision import DecisionPostProcessor
 from .f2pad import F2PAD
+from .mebin import FastMEBinPostProcessor
 from .paedid import PaedidRefiner
 from .scorers import (
     CflowScorer,
@@ -25,6 +26,7 @@ __all__ = [
     "F2PAD",
     "CflowScorer",
     "DecisionPostProcessor",
+    "FastMEBinPostProcessor",
     "FeatureEnsembleScorer",
     "FeatureMapScorer",
     "FeatureScorer",
