@@ -252,7 +252,12 @@ def run_demo(
             "post_processor": {"grid": ["default", refiner] if post_processor else ["default"]},
             "data": {
                 "class_path": "default",
-                "init_args": {"category": {"grid": list(categories)}, **data_args},
+                # The datamodule holds back the normal images the budget needs.
+                "init_args": {
+                    "category": {"grid": list(categories)},
+                    **data_args,
+                    "max_false_alarm_rate": max_false_alarm_rate,
+                },
             },
         },
     }
