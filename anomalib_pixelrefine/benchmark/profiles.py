@@ -308,12 +308,13 @@ def _segmentation_peers(image_size: int = 128, max_epochs: dict[str, int] | None
     ]
 
 
-#: The longest training within ~3 min per model and data set at 128 px (30 training images, one thread, measured
-#: 2026-12-03 at load 1.0-2.4 on the shared 2-core box):
-#: * Supersimplenet: 6.4 s set-up + 6.7 s per epoch -> 25 epochs (~175 s);
-#: * Glass: 2.6 s set-up + 45.5 s per epoch (1 epoch: 48 s, 3 epochs: 139 s) -> 4 epochs (~185 s);
-#: * Draem (trains both networks from scratch): one epoch takes 247 s (+ 22 s test): one epoch already exceeds the
-#:   budget, so 1 (an untrained Draem: image AUROC 0.42 on brick after it).
+#: The longest training within ~3 min per model and data set at 128 px (30 training images of brick, one thread,
+#: fit incl. validation, measured 2026-12-03 on the shared 2-core box):
+#: * Supersimplenet: 1 epoch 13.1 s, 4 epochs 33.3 s (load ~1.5: 6.4 s set-up + 6.7 s per epoch) -> 25 epochs (~175 s;
+#:   210 s at load 2.5-3.3);
+#: * Glass: 1 epoch 48 s, 3 epochs 139 s (load ~1.7: 45.5 s per epoch) -> 4 (~185 s; 203 s at load 1.7-3.3);
+#: * Draem (trains both networks from scratch): one epoch takes 247 s (+ 22 s test, load ~2.1): one epoch already
+#:   exceeds the budget, so 1 (an untrained Draem: image AUROC 0.42 on brick after it).
 PEER_MAX_EPOCHS: dict[str, int] = {"Supersimplenet": 25, "Glass": 4, "Draem": 1}
 
 #: The segmentation-head peers at 128 px, ready for the ``realistic_refiners`` model grid (post-processor
