@@ -735,12 +735,12 @@ def _halo_case(thin: bool) -> tuple[torch.Tensor, ...]:
     roi = radius <= 20 if not thin else (yy - 32).abs() <= 12
     host_maps = torch.where(host, 2.0, 0.0)
     as_batch = [t.reshape(1, 1, 64, 64) for t in (core, residual, host_maps, roi)]
-    return (*as_batch, host, radius)
+    return (*as_batch, host)
 
 
 @pytest.mark.parametrize("halo", [0.0, 0.06])
 def test_faint_extent_keeps_the_host_region_of_a_haloed_core_only(halo: float) -> None:
-    core, residual, host_maps, roi, host, radius = _halo_case(thin=False)
+    core, residual, host_maps, roi, host = _halo_case(thin=False)
     ring = (host & ~core[0, 0]).reshape(core.shape)
     residual = residual + halo * ring  # a faint tinted halo: about the mismatch level per pixel, not as a region
     refiner = _refiner()
@@ -754,7 +754,7 @@ def test_faint_extent_keeps_the_host_region_of_a_haloed_core_only(halo: float) -
 
 
 def test_faint_extent_never_widens_a_thin_defect() -> None:
-    line, residual, host_maps, roi, host, _ = _halo_case(thin=True)
+    line, residual, host_maps, roi, host = _halo_case(thin=True)
     residual = residual + 0.06 * (host.reshape(line.shape) & ~line)  # even with a faint band along it
     refiner = _refiner()
     refiner.host_pixel_threshold.fill_(1.0)
