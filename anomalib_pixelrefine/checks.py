@@ -25,11 +25,6 @@ from anomalib_pixelrefine.errors import InvalidArgumentError
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.05
 
 
-def normals_needed(rate: float) -> int:
-    """Held-back normal images needed to meet a budget ``rate``: ``n + 1 >= 1 / rate`` (their maximum then meets it)."""
-    return max(math.ceil(1 / rate - 1 - 1e-9), 1) if rate > 0 else 1
-
-
 __all__ = [
     "DEFAULT_MAX_FALSE_ALARM_RATE",
     "FiniteInputMixin",
@@ -43,6 +38,12 @@ __all__ = [
     "normals_needed",
     "warn_no_effect",
 ]
+
+
+def normals_needed(rate: float) -> int:
+    """Held-back normal images needed to meet a budget ``rate``: ``n + 1 >= 1 / rate`` (their maximum then meets it)."""
+    return max(math.ceil(1 / rate - 1 - 1e-9), 1) if rate > 0 else 1
+
 
 # numpy's RandomState (scikit-learn's ``random_state``) accepts seeds in [0, 2**32).
 MAX_SEED = 2**32 - 1

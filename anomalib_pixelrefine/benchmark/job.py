@@ -593,7 +593,7 @@ class TestOutputCollector(Callback):
         del args, kwargs
         self._flush()
 
-    def oracle_dice_by_size_bin(self) -> dict[str, float]:
+    def metrics_by_size_bin(self) -> dict[str, float]:
         """Best Dice in hindsight and AUPRO per size bin: the bin's defective images pooled with every good test image.
 
         The good images stay in every pool, so a method that marks normal texture pays for it in every bin. Keys are
@@ -761,7 +761,7 @@ class PixelRefineBenchmarkJob(BenchmarkJob):
             row[column] = float(value) if value is not None else math.nan
         row["n_train"] = len(datamodule.train_data) if getattr(datamodule, "train_data", None) is not None else None
         row["n_test"] = collector.n_images
-        row.update(collector.oracle_dice_by_size_bin())
+        row.update(collector.metrics_by_size_bin())
         row.update(collector.operating_points(thresholds))
         row["infer_ms_per_image"] = 1000 * collector.seconds / max(collector.n_images, 1)
         row["peak_rss_mb"] = peak_rss_mb(rss_method)

@@ -139,7 +139,6 @@ class SyntheticValidationMixin:
         max_false_alarm_rate: float | None = DEFAULT_MAX_FALSE_ALARM_RATE,
         **kwargs: Any,
     ) -> None:
-
         check_number(type(self).__name__, "max_false_alarm_rate", max_false_alarm_rate, 0, 1, optional=True)
         self.max_false_alarm_rate = max_false_alarm_rate
         self.val_defects = list(val_defects or SYNTHETIC_VAL_DEFECTS)
