@@ -50,7 +50,7 @@ def false_alarm_threshold(
     With ``n`` scores, the threshold is the ``k``-th largest, ``k = floor(rate (n + 1))`` (at least 1): a new normal
     image exchangeable with the held-back ones is above it with probability ``k / (n + 1) <= rate``. ``rate=0`` and
     fewer than ``1 / rate - 1`` scores give the largest score, whose false-alarm rate is ``1 / (n + 1)``: more than
-    ``rate`` (one warning per call site).
+    ``rate`` (a warning says so unless ``warn=False``).
 
     Args:
         normal_scores: Raw scores of normal (held-back) images, any shape.
