@@ -4,10 +4,11 @@ The benchmark's test images are never read. For each data set, host and seed, th
 through anomalib's ``Engine`` on the embedded data's training images (the datamodule holds back its validation share
 as in the benchmark); then every defect kind is painted on each of ``--images`` held-back normal images (this
 package's generators, own seeds) and the deployed masks (``model(images)``: the thresholds calibrated on validation,
-the decision rule) are scored with the per-image Dice for each value of the swept refiner argument.
+the decision rule) are scored with the per-image Dice for each value of the swept refiner argument. Hosts, image size
+and data are those of the ``realistic_refiners`` profile.
 
 Example:
-    HF_HUB_OFFLINE=1 python benchmarks/validation_sweep.py --argument extent_ratio --values host none 0.05 0.1 \
+    HF_HUB_OFFLINE=1 python benchmarks/validation_sweep.py --argument extent_contrast --values host none 0.5 1.0 \
         --output benchmarks/results/validation_sweep/extent_contrast.csv
 """
 
@@ -23,10 +24,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-HOSTS: dict[str, dict[str, Any]] = {
-    "Padim": {"layers": ["blocks.1", "blocks.2", "blocks.4"], "n_features": 100},
-    "Patchcore": {"layers": ["blocks.2", "blocks.4"], "coreset_sampling_ratio": 0.1},
-}
+from anomalib_pixelrefine.benchmark.profiles import REALISTIC_HOST_SPECS, REALISTIC_REFINERS_PROFILE
+
+#: The hosts of the refiner benchmark by class name, and its image size and data build arguments.
+HOSTS: dict[str, dict[str, Any]] = {spec["class_path"]: spec["init_args"] for spec in REALISTIC_HOST_SPECS}
+IMAGE_SIZE: int = REALISTIC_REFINERS_PROFILE["image_size"]
+_DATA_ARGS = REALISTIC_REFINERS_PROFILE["benchmark"]["data"]["init_args"]
+BUILD_ARGS: dict[str, int] = {key: _DATA_ARGS[key] for key in ("image_size", "n_train", "n_test_good", "n_test_defect")}
 
 
 def _value(text: str) -> float | str | None:
@@ -36,37 +40,30 @@ def _value(text: str) -> float | str | None:
     return float(text)
 
 
-def _dice(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    pred, gt = pred.flatten(1).float(), gt.flatten(1).float()
-    return 2 * (pred * gt).sum(1) / (pred.sum(1) + gt.sum(1)).clamp_min(1)
-
-
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Sweep ``args.argument`` over ``args.values``; per-image Dice by defect kind on validation images."""
     import anomalib.models
+    from anomalib.data.utils import read_image
     from anomalib.engine import Engine
     from lightning import seed_everything
 
     from anomalib_pixelrefine.benchmark.job import resolve_post_processor
     from anomalib_pixelrefine.data import DEFAULT_DEFECTS, build_default_benchmark, default_datamodule
     from anomalib_pixelrefine.data.generators import defect_generator
+    from anomalib_pixelrefine.metrics.deployed import per_image_mask_stats
 
     rows = []
     for category in args.categories:
-        path = build_default_benchmark(
-            args.root, categories=[category], image_size=128, n_train=40, n_test_good=30, n_test_defect=2
-        )[category]
+        path = build_default_benchmark(args.root, categories=[category], **BUILD_ARGS)[category]
         for host, seed in ((h, s) for h in args.hosts for s in args.seeds):
             seed_everything(seed, workers=True)
             datamodule = default_datamodule(path, seed=seed)
             model_cls = getattr(anomalib.models, host)
             post = resolve_post_processor(args.refiner)
             model = model_cls(
-                backbone="tf_efficientnet_lite0",
-                pre_trained=True,
                 **HOSTS[host],
                 post_processor=post,
-                pre_processor=model_cls.configure_pre_processor(image_size=(128, 128)),
+                pre_processor=model_cls.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
                 visualizer=False,
                 evaluator=False,
             )
@@ -74,8 +71,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             engine.fit(model=model, datamodule=datamodule)
             normal = datamodule.val_data.samples
             normal = normal[normal.label_index == 0].image_path.tolist()[: args.images]
-            from anomalib.data.utils import read_image
-
             clean = torch.stack([read_image(p, as_tensor=True) for p in normal])
             model.eval()
             for value in args.values:
@@ -89,12 +84,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     images, masks = defect_generator(kind, seed=10_000 + 97 * seed + index)(clean)
                     with torch.no_grad():
                         out = model(images)
-                    dice = _dice(out.pred_mask.reshape(masks.shape), masks.bool())
+                    dice = per_image_mask_stats(out.pred_mask.reshape(masks.shape), masks.bool())["dice"]
                     for i, d in enumerate(dice.tolist()):
                         area = float(masks[i].float().mean())
                         rows.append(
-                            {"dataset": category, "host": host, "seed": seed, "value": value, "kind": kind,
-                             "image": i, "area": area, "dice": d, "setting": str(value)}
+                            {"dataset": category, "host": host, "seed": seed, "kind": kind, "image": i, "area": area,
+                             "dice": d, "setting": str(value)}
                         )  # fmt: skip
                 print(f"{category} {host} s{seed} {args.argument}={value}: {time.perf_counter() - start:.1f} s")
     return rows

@@ -21,6 +21,7 @@ __all__ = [
     "PNI_CPU_ARGS",
     "PROFILES",
     "QUICK_PROFILE",
+    "REALISTIC_HOST_SPECS",
     "REALISTIC_PROFILE",
     "REALISTIC_REFINERS_PROFILE",
     "REFINER_SPEED_224_PROFILE",
@@ -179,7 +180,8 @@ def _pni_args(**args: Any) -> dict[str, Any]:
 # Real ImageNet features offline (``pixelrefine weights``): the main setting of every quality claim.
 _LITE0 = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
 _LITE1 = {"backbone": "tf_efficientnet_lite1", "pre_trained": True}
-_REALISTIC_HOST_SPECS = [
+#: The anomalib hosts of the realistic profiles (pretrained lite0): also those of ``benchmarks/validation_sweep.py``.
+REALISTIC_HOST_SPECS = [
     {"class_path": "Padim", "init_args": {**_LITE0, "layers": ["blocks.1", "blocks.2", "blocks.4"], "n_features": 100}},
     {
         "class_path": "Patchcore",
@@ -223,7 +225,7 @@ REALISTIC_PROFILE: dict[str, Any] = {
         "seed": {"grid": [0]},
         "model": {
             "grid": [
-                *_REALISTIC_HOST_SPECS,
+                *REALISTIC_HOST_SPECS,
                 {"class_path": "Pae", "init_args": {"channels": [32, 64], "alpha": 0.2}, "engine": {"max_epochs": 20}},
                 {
                     "class_path": "Pni",
@@ -341,7 +343,7 @@ REALISTIC_REFINERS_PROFILE: dict[str, Any] = {
     ],
     "benchmark": {
         "seed": {"grid": [0, 1, 2]},
-        "model": {"grid": [*_REALISTIC_HOST_SPECS, _CFLOW_HOST, *_SEGMENTATION_PEERS]},
+        "model": {"grid": [*REALISTIC_HOST_SPECS, _CFLOW_HOST, *_SEGMENTATION_PEERS]},
         "post_processor": {"grid": ["default", "f2pad", "paedid", "mebin"]},
         "data": {
             **_REALISTIC_DATA,
@@ -372,7 +374,7 @@ REFINER_SPEED_224_PROFILE: dict[str, Any] = {
     "benchmark": {
         **REALISTIC_REFINERS_PROFILE["benchmark"],
         "seed": {"grid": [0]},
-        "model": {"grid": _REALISTIC_HOST_SPECS},
+        "model": {"grid": REALISTIC_HOST_SPECS},
         "post_processor": {"grid": ["default", "f2pad", *_F2PAD_VARIANTS[:2]]},
         "data": {
             **_REALISTIC_DATA,
@@ -589,7 +591,7 @@ _REALISTIC_SYNTHETIC_DATA = {
     **_REALISTIC_DATA,
     "init_args": {**_REALISTIC_DATA["init_args"], "val_split_mode": "synthetic"},
 }
-_REALISTIC_PATCHCORE = _REALISTIC_HOST_SPECS[1]
+_REALISTIC_PATCHCORE = REALISTIC_HOST_SPECS[1]
 
 
 # The Pni settings the ablation measured (the earlier PNI_CPU_ARGS: R on, 8 MLP epochs).
