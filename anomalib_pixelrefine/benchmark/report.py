@@ -24,11 +24,11 @@ __all__ = [
     "breakdown_tables",
     "markdown_table",
     "operating_point_table",
-    "oracle_bin_table",
     "plot_bars",
     "plot_dice_vs_size",
     "plot_operating_points",
     "plot_qualitative",
+    "size_bin_table",
     "write_results",
 ]
 
@@ -175,7 +175,7 @@ def breakdown_tables(per_image: Any) -> str:
     return "\n\n".join(sections)
 
 
-def oracle_bin_table(frame: Any, prefix: str = "oracle_dice_") -> str:
+def size_bin_table(frame: Any, prefix: str = "oracle_dice_") -> str:
     """Oracle best Dice (or AUPRO, ``prefix="aupro_"``) per size bin, mean over datasets and seeds per method.
 
     Args:
@@ -213,9 +213,10 @@ def _operating_points(frame: Any) -> tuple[list[str], list[str]]:
 def operating_point_table(frame: Any) -> str:
     """Deployed per-image Dice / share of good test images with any mask pixel, per false-alarm budget.
 
-    Rows: method and data set (mean over seeds). Each budget's image threshold is the quantile of the job's held-back
-    normal validation scores (``f1``: the synthetic-F1 threshold); the decision rule keeps an image's mask only
-    above it. Host rows (``default``) show the host's masks under the same rule.
+    Rows: method and data set (mean over seeds). Each budget's image threshold is the order statistic of the job's
+    held-back normal validation scores that a new normal image exceeds with probability at most the budget
+    (``f1``: the synthetic-F1 threshold); the decision rule keeps an image's mask only above it. Host rows
+    (``default``) show the host's masks under the same rule.
 
     Args:
         frame: Result rows with ``op_dice_<budget>``/``op_flagged_<budget>`` columns.
@@ -467,8 +468,8 @@ def write_results(
     parts = (
         operating_point_table(frame),
         breakdown_tables(per_image),
-        oracle_bin_table(frame),
-        oracle_bin_table(frame, "aupro_"),
+        size_bin_table(frame),
+        size_bin_table(frame, "aupro_"),
     )
     breakdown = "\n\n".join(part for part in parts if part)
     files["md"].write_text(header + markdown_table(frame) + ("\n\n" + breakdown if breakdown else "") + "\n")
