@@ -370,6 +370,11 @@ def restore_checkpoint_arguments(model: Any, ckpt_path: str | Path) -> list[str]
     return restored
 
 
+def _init_args(spec: Any) -> Any:
+    """The ``init_args`` of a parsed ``class_path``/``init_args`` config entry (``None`` for anything else)."""
+    return spec.get("init_args") if hasattr(spec, "get") else None
+
+
 def resolve_offline_backbone(model: Any) -> None:
     """Apply :func:`~anomalib_pixelrefine.offline.resolve_backbone` to a model config's ``backbone``/``layers``."""
     from anomalib_pixelrefine.offline import resolve_backbone
@@ -394,7 +399,7 @@ def seed_data_split(data: Any, seed: Any) -> None:
     state differs between a ``train`` run (the model's fit consumed random numbers before the split) and a later
     ``test`` of its checkpoint, so the two saw different test images.
     """
-    init_args = data.get("init_args") if hasattr(data, "get") else None
+    init_args = _init_args(data)
     if init_args is not None and "seed" in init_args and init_args["seed"] is None and type(seed) is int:
         init_args["seed"] = seed
 
@@ -405,10 +410,8 @@ def link_false_alarm_budget(model: Any, data: Any) -> None:
     One budget, set once on the post-processor (``--post_processor.max_false_alarm_rate``): a datamodule that takes
     the argument (:class:`~anomalib_pixelrefine.data.SyntheticValFolder`, ``SyntheticValMVTecAD``) gets the same value.
     """
-    model_args = model.get("init_args") if hasattr(model, "get") else None
-    data_args = data.get("init_args") if hasattr(data, "get") else None
-    post = model_args.get("post_processor") if hasattr(model_args, "get") else None
-    post_args = post.get("init_args") if hasattr(post, "get") else None
+    model_args, data_args = _init_args(model), _init_args(data)
+    post_args = _init_args(model_args.get("post_processor") if hasattr(model_args, "get") else None)
     if not hasattr(post_args, "get") or data_args is None or "max_false_alarm_rate" not in data_args:
         return
     rate = post_args.get("max_false_alarm_rate", data_args["max_false_alarm_rate"])
@@ -421,7 +424,7 @@ def cap_workers(data: Any) -> None:
     """Cap ``data.num_workers`` at the CPU count (anomalib's datamodules default to 8), saying so once."""
     import os
 
-    init_args = data.get("init_args") if hasattr(data, "get") else None
+    init_args = _init_args(data)
     cpus = os.cpu_count() or 1
     if init_args is not None and isinstance(init_args.get("num_workers"), int) and init_args["num_workers"] > cpus:
         logger.info("data.num_workers %d > %d CPUs: using %d.", init_args["num_workers"], cpus, cpus)
